@@ -1,0 +1,47 @@
+//! The `roiscope` command line: one subcommand per job, results on stdout, progress and
+//! diagnostics on stderr.
+
+mod detect_roi;
+mod sample;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "roiscope",
+    version,
+    about = "Workbench for ROI-grounded medical vision-language fine-tuning",
+    long_about = "Workbench for ROI-grounded medical vision-language fine-tuning.\n\n\
+        Run without a command to open the bundled sample project."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Find the green ROI boxes drawn into images; one JSON line per image on stdout
+    DetectRoi(detect_roi::Args),
+    /// Summarise the bundled sample project (records, fields, detected boxes)
+    Sample(sample::Args),
+}
+
+/// Parses the command line and runs it; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::DetectRoi(args)) => detect_roi::run(args),
+        Some(Command::Sample(args)) => sample::run(args),
+        None => sample::run_default(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("roiscope: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

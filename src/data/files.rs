@@ -1,0 +1,72 @@
+//! Turning command-line paths into the list of image files to process.
+
+use std::path::{Path, PathBuf};
+
+use super::image_io::IMAGE_EXTENSIONS;
+
+/// One input: the path to open, and the path as the user should see it.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: PathBuf,
+    /// Where it sits below the folder it was found in (the file name for a path given
+    /// directly); used to mirror outputs into another folder.
+    pub relative: PathBuf,
+}
+
+/// A path that could not be listed (a missing file, an unreadable folder).
+#[derive(Debug, Clone)]
+pub struct ListError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Expands files and folders (recursively, entries sorted by name, image extensions only) in
+/// the order given. Files named directly are kept whatever their extension, so a wrong file
+/// gets an error line instead of vanishing.
+pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<InputFile, ListError>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, p, &mut out);
+        } else {
+            let relative = p
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| p.clone());
+            out.push(Ok(InputFile {
+                path: p.clone(),
+                relative,
+            }));
+        }
+    }
+    out
+}
+
+fn has_image_extension(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<Result<InputFile, ListError>>) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            out.push(Err(ListError {
+                path: dir.to_path_buf(),
+                message: format!("cannot list folder: {e}"),
+            }));
+            return;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for p in paths {
+        if p.is_dir() {
+            walk(root, &p, out);
+        } else if has_image_extension(&p) {
+            let relative = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+            out.push(Ok(InputFile { path: p, relative }));
+        }
+    }
+}

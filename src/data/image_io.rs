@@ -1,0 +1,258 @@
+//! Decoding images from disk into 8-bit RGB, with limits checked before any pixel buffer exists.
+//!
+//! Every failure is an [`ImageLoadError`] whose message names the file problem in a user's words;
+//! callers print it and carry on with the next image.
+
+use std::io::Read;
+use std::path::Path;
+
+use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+/// Default ceiling on decoded pixels: 100 megapixels (e.g. 10,000 x 10,000), about 300 MB as RGB.
+/// Larger images are refused from their header, before anything is allocated.
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// File extensions that `detect-roi` picks up when it walks a folder.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageLoadError {
+    #[error("cannot read file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("empty file (0 bytes)")]
+    Empty,
+    #[error("not a JPEG, PNG, BMP or TIFF image (unrecognised file contents)")]
+    UnknownFormat,
+    #[error("unsupported image format {0:?} (expected JPEG, PNG, BMP or TIFF)")]
+    UnsupportedFormat(ImageFormat),
+    #[error("image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
+    TooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        limit: u64,
+    },
+    #[error("image has zero width or height")]
+    ZeroSize,
+    #[error("corrupt or truncated {format} data: {detail}")]
+    Decode {
+        format: &'static str,
+        detail: String,
+    },
+}
+
+/// Which JPEG decoder to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JpegDecoder {
+    /// zune-jpeg: fast, but its IDCT rounds differently from libjpeg by a level here and there.
+    #[default]
+    Fast,
+    /// libjpeg-turbo's decoder (the one inside OpenCV's `imread`): pixel-identical to the seed.
+    Libjpeg,
+}
+
+/// Options for [`load_rgb8`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub max_pixels: u64,
+    pub jpeg: JpegDecoder,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            max_pixels: DEFAULT_MAX_PIXELS,
+            jpeg: JpegDecoder::Fast,
+        }
+    }
+}
+
+/// Reads an image file as 8-bit RGB.
+///
+/// Grey images are replicated to three channels, alpha is dropped, 16-bit samples are scaled to
+/// 8 bits, and EXIF orientation is applied (as OpenCV's `imread` does), so box coordinates refer
+/// to the image as it is displayed.
+pub fn load_rgb8(path: &Path, opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    decode_rgb8(&bytes, opts)
+}
+
+/// Decodes an in-memory image file as 8-bit RGB (see [`load_rgb8`]).
+pub fn decode_rgb8(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
+    if bytes.is_empty() {
+        return Err(ImageLoadError::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| ImageLoadError::UnknownFormat)?;
+    match format {
+        ImageFormat::Jpeg if opts.jpeg == JpegDecoder::Libjpeg => decode_jpeg_libjpeg(bytes, opts),
+        ImageFormat::Jpeg => decode_jpeg(bytes, opts),
+        ImageFormat::Png | ImageFormat::Bmp | ImageFormat::Tiff => {
+            decode_generic(bytes, format, opts)
+        }
+        other => Err(ImageLoadError::UnsupportedFormat(other)),
+    }
+}
+
+fn check_size(width: u32, height: u32, opts: LoadOptions) -> Result<(), ImageLoadError> {
+    if width == 0 || height == 0 {
+        return Err(ImageLoadError::ZeroSize);
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > opts.max_pixels {
+        return Err(ImageLoadError::TooLarge {
+            width,
+            height,
+            pixels,
+            limit: opts.max_pixels,
+        });
+    }
+    Ok(())
+}
+
+/// JPEG goes straight to zune-jpeg in strict mode: the lenient mode that `image` uses would
+/// quietly return a half-grey picture for a truncated file.
+fn decode_jpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+
+    let err = |e: zune_jpeg::errors::DecodeErrors| ImageLoadError::Decode {
+        format: "JPEG",
+        detail: e.to_string(),
+    };
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(err)?;
+    let (w, h) = decoder.dimensions().ok_or(ImageLoadError::ZeroSize)?;
+    let (w, h) = (w as u32, h as u32);
+    check_size(w, h, opts)?;
+    let pixels = decoder.decode().map_err(err)?;
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif));
+    let img = RgbImage::from_raw(w, h, pixels).ok_or_else(|| ImageLoadError::Decode {
+        format: "JPEG",
+        detail: "decoder returned a buffer of the wrong size".into(),
+    })?;
+    Ok(oriented(img, orientation))
+}
+
+/// Decodes with libjpeg-turbo's decoder, as OpenCV does (islow IDCT, fancy upsampling).
+/// libjpeg pads a truncated file with grey and only warns; roiscope refuses it instead.
+fn decode_jpeg_libjpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
+    let err = |detail: String| ImageLoadError::Decode {
+        format: "JPEG",
+        detail,
+    };
+    if !ends_with_eoi(bytes) {
+        return Err(err("the file ends before the end-of-image marker".into()));
+    }
+    // The JPEG header is read with zune first: it rejects oversized images before libjpeg
+    // allocates anything, and handles EXIF orientation the same way for both decoders.
+    let (w, h, orientation) = jpeg_header(bytes)?;
+    check_size(w, h, opts)?;
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<Vec<u8>> {
+        let started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
+        let mut started = started;
+        let pixels: Vec<[u8; 3]> = started.read_scanlines()?;
+        started.finish()?;
+        Ok(pixels.into_iter().flatten().collect())
+    });
+    let pixels = match decoded {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Err(err(e.to_string())),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libjpeg failed".into());
+            return Err(err(msg));
+        }
+    };
+    let img = RgbImage::from_raw(w, h, pixels)
+        .ok_or_else(|| err("decoder returned a buffer of the wrong size".into()))?;
+    Ok(oriented(img, orientation))
+}
+
+/// Whether the data ends in an EOI marker (`FF D9`), allowing trailing padding bytes.
+fn ends_with_eoi(bytes: &[u8]) -> bool {
+    let trimmed = bytes
+        .iter()
+        .rposition(|&b| b != 0 && b != b'\n' && b != b'\r' && b != b' ')
+        .map_or(&bytes[..0], |i| &bytes[..=i]);
+    trimmed.ends_with(&[0xff, 0xd9])
+}
+
+fn jpeg_header(
+    bytes: &[u8],
+) -> Result<(u32, u32, Option<image::metadata::Orientation>), ImageLoadError> {
+    use zune_core::bytestream::ZCursor;
+    let mut decoder = zune_jpeg::JpegDecoder::new(ZCursor::new(bytes));
+    decoder
+        .decode_headers()
+        .map_err(|e| ImageLoadError::Decode {
+            format: "JPEG",
+            detail: e.to_string(),
+        })?;
+    let (w, h) = decoder.dimensions().ok_or(ImageLoadError::ZeroSize)?;
+    let orientation = decoder
+        .exif()
+        .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif));
+    Ok((w as u32, h as u32, orientation))
+}
+
+fn oriented(img: RgbImage, orientation: Option<image::metadata::Orientation>) -> RgbImage {
+    match orientation {
+        Some(o) if o != image::metadata::Orientation::NoTransforms => {
+            let mut dynamic = image::DynamicImage::ImageRgb8(img);
+            dynamic.apply_orientation(o);
+            dynamic.into_rgb8()
+        }
+        _ => img,
+    }
+}
+
+fn decode_generic(
+    bytes: &[u8],
+    format: ImageFormat,
+    opts: LoadOptions,
+) -> Result<RgbImage, ImageLoadError> {
+    let name = match format {
+        ImageFormat::Png => "PNG",
+        ImageFormat::Bmp => "BMP",
+        _ => "TIFF",
+    };
+    let err = |e: image::ImageError| match e {
+        image::ImageError::IoError(io) => ImageLoadError::Decode {
+            format: name,
+            detail: io.to_string(),
+        },
+        other => ImageLoadError::Decode {
+            format: name,
+            detail: other.to_string(),
+        },
+    };
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut limits = image::Limits::default();
+    // Room for the RGB buffer plus the decoder's own copy at 16 bits per sample.
+    limits.max_alloc = Some(opts.max_pixels.saturating_mul(8).max(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(err)?;
+    let (w, h) = decoder.dimensions();
+    check_size(w, h, opts)?;
+    let orientation = decoder.orientation().ok();
+    let mut dynamic = image::DynamicImage::from_decoder(decoder).map_err(err)?;
+    if let Some(o) = orientation {
+        dynamic.apply_orientation(o);
+    }
+    Ok(match dynamic {
+        image::DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.into_rgb8(),
+    })
+}

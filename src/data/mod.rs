@@ -1,0 +1,7 @@
+//! Records, images and the ROI boxes drawn into them.
+
+pub mod files;
+pub mod image_io;
+pub mod marker;
+pub mod roi;
+pub mod sample;

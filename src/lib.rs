@@ -1,0 +1,11 @@
+//! roiscope: a workbench for ROI-grounded medical vision-language fine-tuning.
+//!
+//! One engine, two faces: the `roiscope` command line (see `src/main.rs` and [`cli`]) and, in a
+//! later milestone, the egui workbench. Modules own one concern each:
+//! - [`data`]: images, green-ROI detection, marker removal, sample data;
+//! - [`parallel`]: an order-preserving worker pool for per-file jobs;
+//! - [`cli`]: the commands, rendering progress and results for a terminal.
+
+pub mod cli;
+pub mod data;
+pub mod parallel;

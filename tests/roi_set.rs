@@ -1,0 +1,110 @@
+//! The detectors and marker removal judged on the committed labelled set
+//! (`tests/fixtures/roi_set`, made by `tests/fixtures/make_roi_set.py` from real images).
+
+mod support {
+    pub mod roi_set;
+}
+
+use roiscope::data::image_io::{load_rgb8, JpegDecoder, LoadOptions};
+use roiscope::data::roi::hsv::rgb_to_hsv_opencv;
+use serde::Deserialize;
+use support::roi_set::{load_truth, score_clean, score_robust, score_seed, set_dir};
+
+#[test]
+fn seed_mode_gives_opencvs_box_on_every_image() {
+    let (n, mismatches) = score_seed(&set_dir("roi_set"));
+    assert!(n >= 200, "only {n} images compared");
+    assert!(
+        mismatches.is_empty(),
+        "{} of {n} differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn hsv_matches_opencv_on_recorded_colours() {
+    #[derive(Deserialize)]
+    struct Check {
+        rgb: Vec<[u8; 3]>,
+        hsv: Vec<[u8; 3]>,
+    }
+    let text = std::fs::read_to_string(set_dir("roi_set").join("seed_hsv_check.json")).unwrap();
+    let check: Check = serde_json::from_str(&text).unwrap();
+    assert!(check.rgb.len() >= 4096);
+    for (rgb, hsv) in check.rgb.iter().zip(&check.hsv) {
+        let got = rgb_to_hsv_opencv(rgb[0], rgb[1], rgb[2]);
+        assert_eq!([got.0, got.1, got.2], *hsv, "rgb {rgb:?}");
+    }
+}
+
+#[test]
+fn libjpeg_decoder_gives_opencvs_pixels() {
+    #[derive(Deserialize)]
+    struct Entry {
+        sum_rgb: [u64; 3],
+    }
+    #[derive(Deserialize)]
+    struct Check {
+        files: std::collections::BTreeMap<String, Entry>,
+    }
+    let dir = set_dir("roi_set");
+    let text = std::fs::read_to_string(dir.join("decode_check.json")).unwrap();
+    let check: Check = serde_json::from_str(&text).unwrap();
+    let opts = LoadOptions {
+        jpeg: JpegDecoder::Libjpeg,
+        ..LoadOptions::default()
+    };
+    for (file, expected) in &check.files {
+        let img = load_rgb8(&dir.join(file), opts).unwrap();
+        let mut sums = [0u64; 3];
+        for p in img.pixels() {
+            for c in 0..3 {
+                sums[c] += u64::from(p.0[c]);
+            }
+        }
+        assert_eq!(sums, expected.sum_rgb, "{file}");
+    }
+}
+
+#[test]
+fn robust_mode_finds_painted_boxes_and_nothing_else() {
+    let dir = set_dir("roi_set");
+    let s = score_robust(&dir, &load_truth(&dir));
+    let accuracy = s.primary_correct as f64 / s.with_box as f64;
+    let false_positive_rate = s.false_positives as f64 / s.without_box as f64;
+    let report = s.failures.join("\n");
+    assert!(s.with_box >= 200 && s.without_box >= 40);
+    assert!(
+        accuracy >= 0.99,
+        "primary box right on {:.2}% only:\n{report}",
+        100.0 * accuracy
+    );
+    assert!(
+        false_positive_rate <= 0.01,
+        "boxes on {} box-free images:\n{report}",
+        s.false_positives
+    );
+}
+
+#[test]
+fn marker_removal_leaves_no_green_and_little_error() {
+    let dir = set_dir("roi_set");
+    let s = score_clean(&dir, &load_truth(&dir));
+    assert!(s.images >= 100);
+    assert_eq!(
+        s.green_left, 0,
+        "painted pixels still in the seed's green range"
+    );
+    let over: Vec<String> = s
+        .mad
+        .iter()
+        .filter(|(_, m)| *m > 8.0)
+        .map(|(f, m)| format!("{f}: {m:.2}"))
+        .collect();
+    assert!(
+        over.is_empty(),
+        "mean absolute error over 8 grey levels:\n{}",
+        over.join("\n")
+    );
+}
