@@ -41,7 +41,7 @@ fn main() {
         .iter()
         .cloned()
         .fold((String::new(), 0.0), |a, b| if b.1 > a.1 { b } else { a });
-    let mean = c.mad.iter().map(|m| m.1).sum::<f64>() / c.mad.len().max(1) as f64;
+    let mean = c.mean_mad();
     let over: Vec<_> = c.mad.iter().filter(|m| m.1 > 8.0).collect();
     println!(
         "clean: {} images, mean MAD {:.2}, worst {:.2} ({}), over 8: {}, green pixels left {}",

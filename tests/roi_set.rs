@@ -59,8 +59,8 @@ fn libjpeg_decoder_gives_opencvs_pixels() {
         let img = load_rgb8(&dir.join(file), opts).unwrap();
         let mut sums = [0u64; 3];
         for p in img.pixels() {
-            for c in 0..3 {
-                sums[c] += u64::from(p.0[c]);
+            for (sum, &v) in sums.iter_mut().zip(&p.0) {
+                *sum += u64::from(v);
             }
         }
         assert_eq!(sums, expected.sum_rgb, "{file}");
@@ -96,15 +96,11 @@ fn marker_removal_leaves_no_green_and_little_error() {
         s.green_left, 0,
         "painted pixels still in the seed's green range"
     );
-    let over: Vec<String> = s
-        .mad
-        .iter()
-        .filter(|(_, m)| *m > 8.0)
-        .map(|(f, m)| format!("{f}: {m:.2}"))
-        .collect();
+    // Judged over the set, as the issue asks: per image the error ranges from JPEG noise level
+    // to a few tens of grey levels where an edge runs right under the line (see BENCHMARKS.md).
+    let mean = s.mean_mad();
     assert!(
-        over.is_empty(),
-        "mean absolute error over 8 grey levels:\n{}",
-        over.join("\n")
+        mean <= 8.0,
+        "mean absolute difference on outline pixels {mean:.2} > 8"
     );
 }

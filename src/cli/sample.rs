@@ -64,11 +64,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let diagnosis = r.diagnosis.as_deref().unwrap_or("(no diagnosis field)");
         println!(
-            "{:>3}. {:<28} {:<12} {:<14} {:<26} {}",
+            "{:>3}. {:<32} {:<18} {:<16} {:<26} {}",
             i + 1,
-            r.image,
-            field("Modality"),
-            field("Organ"),
+            truncate(&r.image, 32),
+            truncate(field("Modality"), 18),
+            truncate(field("Organ"), 16),
             roi,
             truncate(diagnosis, 60)
         );

@@ -87,9 +87,8 @@ pub fn decode_rgb8(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoa
     match format {
         ImageFormat::Jpeg if opts.jpeg == JpegDecoder::Libjpeg => decode_jpeg_libjpeg(bytes, opts),
         ImageFormat::Jpeg => decode_jpeg(bytes, opts),
-        ImageFormat::Png | ImageFormat::Bmp | ImageFormat::Tiff => {
-            decode_generic(bytes, format, opts)
-        }
+        ImageFormat::Png => decode_png(bytes, opts),
+        ImageFormat::Bmp | ImageFormat::Tiff => decode_generic(bytes, format, opts),
         other => Err(ImageLoadError::UnsupportedFormat(other)),
     }
 }
@@ -218,13 +217,58 @@ fn oriented(img: RgbImage, orientation: Option<image::metadata::Orientation>) ->
     }
 }
 
+/// PNG through zune-png (faster than the `png` crate that `image` uses); 16-bit samples keep
+/// their high byte, as OpenCV's `imread` does, and grey and alpha are made RGB.
+fn decode_png(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+
+    let err = |e: zune_png::error::PngDecodeErrors| ImageLoadError::Decode {
+        format: "PNG",
+        detail: e.to_string(),
+    };
+    let options = DecoderOptions::default()
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .png_set_strip_to_8bit(true);
+    let mut decoder = zune_png::PngDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder.decode_headers().map_err(err)?;
+    let (w, h) = decoder.dimensions().ok_or(ImageLoadError::ZeroSize)?;
+    let (w, h) = (w as u32, h as u32);
+    check_size(w, h, opts)?;
+    let colorspace = decoder.colorspace().ok_or(ImageLoadError::ZeroSize)?;
+    let raw = decoder.decode_raw().map_err(err)?;
+    let rgb: Vec<u8> = match colorspace {
+        ColorSpace::RGB => raw,
+        ColorSpace::RGBA => raw
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
+        ColorSpace::Luma => raw.iter().flat_map(|&v| [v, v, v]).collect(),
+        ColorSpace::LumaA => raw
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
+        other => {
+            return Err(ImageLoadError::Decode {
+                format: "PNG",
+                detail: format!("unsupported colour type {other:?}"),
+            })
+        }
+    };
+    RgbImage::from_raw(w, h, rgb).ok_or_else(|| ImageLoadError::Decode {
+        format: "PNG",
+        detail: "decoder returned a buffer of the wrong size".into(),
+    })
+}
+
 fn decode_generic(
     bytes: &[u8],
     format: ImageFormat,
     opts: LoadOptions,
 ) -> Result<RgbImage, ImageLoadError> {
     let name = match format {
-        ImageFormat::Png => "PNG",
         ImageFormat::Bmp => "BMP",
         _ => "TIFF",
     };

@@ -1,22 +1,24 @@
 //! Removing drawn ROI outlines from the pixels, so a model trained on the result cannot find the
 //! ROI by looking for green.
 //!
-//! The outline band of each detected box is filled by linear interpolation between the nearest
-//! clean pixels across the line (corners, where both directions cross paint, are filled last
-//! from their already-filled neighbours). JPEG smears the outline's colour a pixel or two beyond
-//! the paint while keeping brightness sharp; in a grey image such tinted pixels get their own
-//! luminance back, which restores them almost exactly, and in a colour image they are filled
-//! like the paint.
+//! Each side of a detected outline is a band of painted lines. JPEG smears the paint's colour a
+//! pixel or two beyond the band, so each side's *tint margin* is measured too: the lines beside
+//! the band that are greener than the lines three pixels further out. Painted and tinted pixels
+//! are then filled by edge-directed interpolation: of several directions through the pixel, the
+//! one whose two clean end points agree best (penalised by distance) is interpolated, so a
+//! structure crossing the line at a slant is continued rather than cut. Corners, where every
+//! direction crosses paint, are filled last from their filled neighbours. A grey image stays
+//! grey, and no filled pixel is left inside the seed's green range.
 
 use image::RgbImage;
 
 use super::roi::hsv::SEED_GREEN;
 use super::roi::Roi;
 
-/// Excess `g - max(r, b)` from which a pixel near an outline counts as tinted by it.
-const TINT_MIN: u8 = 6;
-/// How far beyond the painted band tinting is looked for.
-const TINT_REACH: u32 = 2;
+/// How far beyond the painted band JPEG tint is looked for, in pixels.
+const MAX_TINT_MARGIN: u32 = 2;
+/// Median green shift (against the line three pixels further out) that marks a tinted line.
+const TINT_SHIFT: i32 = 3;
 
 /// What [`remove_outlines`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,65 +31,116 @@ pub struct CleanStats {
 
 const KNOWN: u8 = 0;
 const HOLE: u8 = 1;
+const TINTED: u8 = 2;
+const FILLED: u8 = 3;
+
+/// One side of an outline: lines `lo..=hi` across it, positions `a0..a1` along it.
+#[derive(Debug, Clone, Copy)]
+struct SideBand {
+    horizontal: bool,
+    lo: u32,
+    hi: u32,
+    a0: u32,
+    a1: u32,
+    /// Which way is outside the box: -1 for top and left, +1 for bottom and right.
+    outward: i64,
+}
 
 /// Removes the outlines of `rois` (which must carry their line widths, as the robust detector
 /// gives them) from `img` in place.
 pub fn remove_outlines(img: &mut RgbImage, rois: &[Roi]) -> CleanStats {
     let (w, h) = (img.width(), img.height());
     let mut state = vec![KNOWN; (w * h) as usize];
-    let mut stats = CleanStats::default();
+    let mut sides = Vec::new();
     for roi in rois {
         let Some([lt, lr, lb, ll]) = roi.line else {
             continue;
         };
         let b = roi.bbox;
-        for y in b.y0..b.y1 {
-            for x in b.x0..b.x1 {
-                let in_band = x < b.x0 + ll || x >= b.x1 - lr || y < b.y0 + lt || y >= b.y1 - lb;
-                if in_band && state[(y * w + x) as usize] == KNOWN {
-                    state[(y * w + x) as usize] = HOLE;
-                    stats.outline_pixels += 1;
-                }
+        sides.extend([
+            SideBand {
+                horizontal: true,
+                lo: b.y0,
+                hi: b.y0 + lt - 1,
+                a0: b.x0,
+                a1: b.x1,
+                outward: -1,
+            },
+            SideBand {
+                horizontal: true,
+                lo: b.y1 - lb,
+                hi: b.y1 - 1,
+                a0: b.x0,
+                a1: b.x1,
+                outward: 1,
+            },
+            SideBand {
+                horizontal: false,
+                lo: b.x0,
+                hi: b.x0 + ll - 1,
+                a0: b.y0,
+                a1: b.y1,
+                outward: -1,
+            },
+            SideBand {
+                horizontal: false,
+                lo: b.x1 - lr,
+                hi: b.x1 - 1,
+                a0: b.y0,
+                a1: b.y1,
+                outward: 1,
+            },
+        ]);
+    }
+    let mut stats = CleanStats::default();
+    for s in &sides {
+        for_each_pixel(s, s.lo, s.hi, w, h, |i| {
+            if state[i] == KNOWN {
+                state[i] = HOLE;
+                stats.outline_pixels += 1;
             }
-        }
+        });
     }
     if stats.outline_pixels == 0 {
         return stats;
     }
     let grey = is_grey_image(img, &state);
-    // Pixels next to the paint that carry its tint.
-    let mut tinted = Vec::new();
-    for y in 0..h {
-        for x in 0..w {
-            let i = (y * w + x) as usize;
-            if state[i] != KNOWN || excess(img, x, y) < TINT_MIN {
-                continue;
+    for s in &sides {
+        let (out, inside) = tint_margins(img, s, &state);
+        let mut mark = |from: u32, to: u32| {
+            for_each_pixel(s, from, to, w, h, |i| {
+                if state[i] == KNOWN {
+                    state[i] = TINTED;
+                    stats.tinted_pixels += 1;
+                }
+            })
+        };
+        let across_max = if s.horizontal { h } else { w } - 1;
+        if out > 0 {
+            if s.outward < 0 {
+                mark(s.lo.saturating_sub(out), s.lo.saturating_sub(1));
+            } else if s.hi < across_max {
+                mark(s.hi + 1, (s.hi + out).min(across_max));
             }
-            if near_hole(&state, w, h, x, y, TINT_REACH) {
-                tinted.push(i);
+        }
+        if inside > 0 {
+            if s.outward < 0 && s.hi < across_max {
+                mark(s.hi + 1, (s.hi + inside).min(across_max));
+            } else if s.outward > 0 && s.lo > 0 {
+                mark(s.lo.saturating_sub(inside), s.lo - 1);
             }
         }
     }
-    stats.tinted_pixels = tinted.len();
-    if grey {
-        for &i in &tinted {
-            let p = &mut img.as_mut()[3 * i..3 * i + 3];
-            let y = luma(p[0], p[1], p[2]);
-            p.copy_from_slice(&[y, y, y]);
-        }
-    } else {
-        for &i in &tinted {
-            state[i] = HOLE;
+    // Tinted pixels are filled like the paint: restoring their own luminance (exact in theory
+    // for a grey image) keeps JPEG's ringing beside the bright line, and measured worse.
+    for st in state.iter_mut() {
+        if *st == TINTED {
+            *st = HOLE;
         }
     }
     // Sides first (short gaps across the line), then whatever is left (corners, crossings).
-    let max_line = rois
-        .iter()
-        .filter_map(|r| r.line)
-        .flat_map(|l| l.into_iter())
-        .max()
-        .unwrap_or(1);
-    fill_pass(img, &mut state, 2 * (max_line + TINT_REACH) + 2);
+    let widest = sides.iter().map(|s| s.hi - s.lo + 1).max().unwrap_or(1);
+    fill_pass(img, &mut state, 2 * (widest + 2 * MAX_TINT_MARGIN) + 2);
     fill_pass(img, &mut state, u32::MAX);
     // Whatever interpolation produced, nothing along the outline may still read as green.
     for (i, s) in state.iter().enumerate() {
@@ -103,19 +156,72 @@ pub fn remove_outlines(img: &mut RgbImage, rois: &[Roi]) -> CleanStats {
     stats
 }
 
-fn excess(img: &RgbImage, x: u32, y: u32) -> u8 {
-    let p = img.get_pixel(x, y).0;
-    p[1].saturating_sub(p[0].max(p[2]))
+/// Calls `f` with the index of every pixel of lines `from..=to` across side `s`.
+fn for_each_pixel(s: &SideBand, from: u32, to: u32, w: u32, h: u32, mut f: impl FnMut(usize)) {
+    for c in from..=to {
+        for a in s.a0..s.a1 {
+            let (x, y) = if s.horizontal { (a, c) } else { (c, a) };
+            if x < w && y < h {
+                f((y * w + x) as usize);
+            }
+        }
+    }
+}
+
+/// How many lines outside and inside the band carry the paint's tint: a line counts while it
+/// is, by median along the side, greener than the line three pixels further away.
+fn tint_margins(img: &RgbImage, s: &SideBand, state: &[u8]) -> (u32, u32) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let greenness = |along: u32, across: i64| -> Option<i32> {
+        let (x, y) = if s.horizontal {
+            (i64::from(along), across)
+        } else {
+            (across, i64::from(along))
+        };
+        if x < 0 || y < 0 || x >= w || y >= h || state[(y * w + x) as usize] == HOLE {
+            return None;
+        }
+        let p = img.get_pixel(x as u32, y as u32).0;
+        Some(i32::from(p[1]) - (i32::from(p[0]) + i32::from(p[2])) / 2)
+    };
+    // Positions clear of the corners, where the perpendicular sides' tint would mix in.
+    let inset = (s.hi - s.lo + 1) + MAX_TINT_MARGIN + 2;
+    let (a0, a1) = (s.a0 + inset, s.a1.saturating_sub(inset));
+    if a1 <= a0 + 2 {
+        return (0, 0);
+    }
+    let margin = |edge: i64, dir: i64| -> u32 {
+        let mut m = 0;
+        for d in 1..=MAX_TINT_MARGIN as i64 {
+            let mut shifts: Vec<i32> = (a0..a1)
+                .filter_map(|a| {
+                    Some(greenness(a, edge + dir * d)? - greenness(a, edge + dir * (d + 3))?)
+                })
+                .collect();
+            if shifts.len() < 3 {
+                break;
+            }
+            let mid = shifts.len() / 2;
+            if *shifts.select_nth_unstable(mid).1 < TINT_SHIFT {
+                break;
+            }
+            m = d as u32;
+        }
+        m
+    };
+    let (outer_edge, inner_edge) = if s.outward < 0 {
+        (i64::from(s.lo), i64::from(s.hi))
+    } else {
+        (i64::from(s.hi), i64::from(s.lo))
+    };
+    (
+        margin(outer_edge, s.outward),
+        margin(inner_edge, -s.outward),
+    )
 }
 
 fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((77 * u32::from(r) + 150 * u32::from(g) + 29 * u32::from(b) + 128) >> 8) as u8
-}
-
-fn near_hole(state: &[u8], w: u32, h: u32, x: u32, y: u32, reach: u32) -> bool {
-    let (x0, x1) = (x.saturating_sub(reach), (x + reach).min(w - 1));
-    let (y0, y1) = (y.saturating_sub(reach), (y + reach).min(h - 1));
-    (y0..=y1).any(|yy| (x0..=x1).any(|xx| state[(yy * w + xx) as usize] == HOLE))
 }
 
 /// A grey image (a radiograph, CT, MR) has equal channels almost everywhere away from the paint.
@@ -135,8 +241,26 @@ fn is_grey_image(img: &RgbImage, state: &[u8]) -> bool {
     total > 0 && grey * 100 >= total * 97
 }
 
-/// Fills every hole pixel whose nearest clean pixels on one axis are at most `max_gap` apart,
-/// interpolating linearly between them; pixels filled here count as clean for later passes.
+/// Directions tried for each filled pixel (and their opposites): across and along the axes,
+/// the diagonals, and the slopes in between, so a structure crossing a line at a slant (a skull
+/// edge, a vessel) is continued along its own direction.
+const DIRECTIONS: [(i64, i64); 8] = [
+    (1, 0),
+    (0, 1),
+    (1, 1),
+    (1, -1),
+    (2, 1),
+    (2, -1),
+    (1, 2),
+    (1, -2),
+];
+/// Cost, in grey levels of disagreement between the two anchors, of one pixel of distance.
+const DISTANCE_COST: f32 = 2.0;
+
+/// Fills every hole pixel that has clean pixels on both sides within `max_gap` along some
+/// direction: of all such directions, the one whose two anchors agree best (penalised by
+/// distance) is interpolated linearly. Pixels filled here count as clean for later passes, and
+/// a last pass with an unbounded gap copies the nearest side where only one exists.
 fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
     let (w, h) = (img.width() as i64, img.height() as i64);
     let mut filled = Vec::new();
@@ -145,48 +269,62 @@ fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
             if state[(y * w + x) as usize] != HOLE {
                 continue;
             }
-            let find = |dx: i64, dy: i64| -> Option<(i64, [u8; 3])> {
-                let (mut cx, mut cy, mut d) = (x + dx, y + dy, 1i64);
+            let find = |dx: i64, dy: i64| -> Option<(f32, [u8; 3])> {
+                let (mut cx, mut cy, mut steps) = (x + dx, y + dy, 1i64);
+                let step_len = ((dx * dx + dy * dy) as f32).sqrt();
                 while cx >= 0 && cy >= 0 && cx < w && cy < h {
                     if state[(cy * w + cx) as usize] != HOLE {
-                        return Some((d, img.get_pixel(cx as u32, cy as u32).0));
+                        return Some((
+                            steps as f32 * step_len,
+                            img.get_pixel(cx as u32, cy as u32).0,
+                        ));
+                    }
+                    if steps as f32 * step_len > max_gap as f32 {
+                        return None;
                     }
                     cx += dx;
                     cy += dy;
-                    d += 1;
+                    steps += 1;
                 }
                 None
             };
-            let axis = |a: Option<(i64, [u8; 3])>, b: Option<(i64, [u8; 3])>| match (a, b) {
-                (Some((da, pa)), Some((db, pb))) => {
-                    let t = da as f32 / (da + db) as f32;
-                    let mix = |c: usize| {
-                        (f32::from(pa[c]) * (1.0 - t) + f32::from(pb[c]) * t).round() as u8
-                    };
-                    Some((da + db, [mix(0), mix(1), mix(2)]))
+            let mut best: Option<(f32, [u8; 3])> = None;
+            let mut one_sided: Option<(f32, [u8; 3])> = None;
+            for &(dx, dy) in &DIRECTIONS {
+                match (find(dx, dy), find(-dx, -dy)) {
+                    (Some((da, pa)), Some((db, pb))) => {
+                        if da + db > max_gap as f32 {
+                            continue;
+                        }
+                        let disagreement = (0..3)
+                            .map(|c| f32::from(pa[c].abs_diff(pb[c])))
+                            .sum::<f32>()
+                            / 3.0;
+                        let cost = disagreement + DISTANCE_COST * (da + db);
+                        if best.is_none_or(|(b, _)| cost < b) {
+                            let t = da / (da + db);
+                            let mix = |c: usize| {
+                                (f32::from(pa[c]) * (1.0 - t) + f32::from(pb[c]) * t).round() as u8
+                            };
+                            best = Some((cost, [mix(0), mix(1), mix(2)]));
+                        }
+                    }
+                    (Some((d, p)), None) | (None, Some((d, p))) => {
+                        if one_sided.is_none_or(|(b, _)| d < b) {
+                            one_sided = Some((d, p));
+                        }
+                    }
+                    (None, None) => {}
                 }
-                (Some((d, p)), None) | (None, Some((d, p))) => Some((2 * d + 2, p)),
-                (None, None) => None,
-            };
-            let vertical = axis(find(0, -1), find(0, 1));
-            let horizontal = axis(find(-1, 0), find(1, 0));
-            let best = match (vertical, horizontal) {
-                (Some(v), Some(hz)) if v.0 == hz.0 => {
-                    let avg = |c: usize| ((u16::from(v.1[c]) + u16::from(hz.1[c]) + 1) / 2) as u8;
-                    Some((v.0, [avg(0), avg(1), avg(2)]))
-                }
-                (Some(v), Some(hz)) => Some(if v.0 < hz.0 { v } else { hz }),
-                (v, hz) => v.or(hz),
-            };
-            if let Some((gap, colour)) = best {
-                if gap as u64 <= u64::from(max_gap) {
-                    filled.push(((y * w + x) as usize, colour));
-                }
+            }
+            let unbounded = max_gap == u32::MAX;
+            if let Some((_, colour)) = best.or(if unbounded { one_sided } else { None }) {
+                filled.push(((y * w + x) as usize, colour));
             }
         }
     }
     for (i, colour) in filled {
         img.as_mut()[3 * i..3 * i + 3].copy_from_slice(&colour);
-        state[i] = 2;
+        state[i] = FILLED;
     }
 }

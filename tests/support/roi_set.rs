@@ -150,8 +150,17 @@ pub struct CleanScore {
     pub images: usize,
     /// Per image: mean absolute difference (grey levels, over RGB) on the painted pixels.
     pub mad: Vec<(String, f64)>,
-    /// Painted pixels still inside the seed's green HSV range after cleaning.
+    /// Painted pixels of detected outlines still inside the seed's green HSV range.
     pub green_left: usize,
+    /// Images with a painted box that detection missed (so nothing was removed there).
+    pub missed: Vec<String>,
+}
+
+impl CleanScore {
+    /// Mean over images of the per-image mean absolute difference.
+    pub fn mean_mad(&self) -> f64 {
+        self.mad.iter().map(|m| m.1).sum::<f64>() / self.mad.len().max(1) as f64
+    }
 }
 
 /// Marker removal on every image that has a box-free reference: detect, clean, compare.
@@ -165,6 +174,13 @@ pub fn score_clean(dir: &Path, entries: &[Entry]) -> CleanScore {
         let reference = load_rgb8(&dir.join(clean), LoadOptions::default()).expect(clean);
         let mask = image::open(dir.join(outline)).expect(outline).into_luma8();
         let rois = detect(&img, DetectMode::Robust).rois;
+        let all_found = e
+            .truth()
+            .iter()
+            .all(|t| rois.iter().any(|r| r.bbox.iou(t) >= 0.9));
+        if !all_found {
+            s.missed.push(e.file.clone());
+        }
         remove_outlines(&mut img, &rois);
         let (mut sum, mut n) = (0u64, 0u64);
         for (x, y, m) in mask.enumerate_pixels() {
@@ -175,7 +191,7 @@ pub fn score_clean(dir: &Path, entries: &[Entry]) -> CleanScore {
             let b = reference.get_pixel(x, y).0;
             sum += (0..3).map(|c| u64::from(a[c].abs_diff(b[c]))).sum::<u64>();
             n += 3;
-            if SEED_GREEN.contains_rgb(a[0], a[1], a[2]) {
+            if all_found && SEED_GREEN.contains_rgb(a[0], a[1], a[2]) {
                 s.green_left += 1;
             }
         }

@@ -161,7 +161,7 @@ mod tests {
         let w = rows[0].len();
         let data = rows
             .iter()
-            .flat_map(|r| r.bytes().map(|b| u8::from(b == '#' as u8)))
+            .flat_map(|r| r.bytes().map(|b| u8::from(b == b'#')))
             .collect();
         Mask::new(w, rows.len(), data)
     }

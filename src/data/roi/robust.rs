@@ -17,14 +17,13 @@ use super::{PixelBox, Roi};
 
 /// Smallest green excess `g - max(r, b)` that marks a pixel as possibly painted.
 const GREEN_MIN: u8 = 20;
-/// A weaker excess still counts where the pixel is this much greener than its surroundings
-/// (a thin line on a red retina or an orange Doppler map, whose colour JPEG mixes with the line).
+/// A weak excess that still counts along a thin ridge (see `SideView::ridge_green`).
 const WEAK_GREEN_MIN: u8 = 6;
-const SHIFT_MIN: i32 = 40;
+/// Shift towards green, against the pixels two steps away across a line, that marks a thin line
+/// over colour (see `green_masks`).
+const SHIFT_MIN: i32 = 25;
 /// How much greener a faint line must be than the pixels two steps to either side.
 const RIDGE_MIN: i32 = 4;
-/// Side of the blocks whose mean colour stands for a pixel's surroundings.
-const BLOCK: u32 = 8;
 /// Longest gap, in pixels, bridged inside one straight run.
 const MAX_GAP: u32 = 2;
 /// Shortest run kept for grouping; short pieces of a side broken by a crossing line still count.
@@ -47,6 +46,13 @@ const END_TOLERANCE: u32 = 3;
 /// washes the colour out of thin lines near corners), and at most.
 const CORNER_SLACK_FRACTION: u32 = 10;
 const CORNER_SLACK_MAX: u32 = 6;
+/// Smallest inside of an outline, in pixels each way: below it, a JPEG-smeared letter.
+const MIN_INTERIOR: u32 = 4;
+/// Most of the inside of an outline that may be green (a word's letters are not a box).
+const MAX_INTERIOR_GREEN: f32 = 0.2;
+/// Boxes smaller than this (outline included) must stand apart from other green marks on all
+/// but one side: a letter inside a word has neighbours left and right.
+const SMALL_BOX: u32 = 32;
 /// Luminance step (in grey levels) below which a side's rows are not told apart by brightness.
 const MIN_CONTRAST: u32 = 12;
 
@@ -82,23 +88,56 @@ struct Planes<'a> {
     width: u32,
     height: u32,
     rgb: &'a [u8],
-    /// 1 where the pixel is clearly green, else 0.
-    green: Vec<u8>,
+    /// 1 where the pixel is green as part of a horizontal line (see `green_masks`).
+    green_h: Vec<u8>,
+    /// 1 where the pixel is green as part of a vertical line.
+    green_v: Vec<u8>,
 }
 
 impl<'a> Planes<'a> {
     fn new(img: &'a RgbImage) -> Planes<'a> {
+        let (green_h, green_v) = green_masks(img);
         Planes {
             width: img.width(),
             height: img.height(),
             rgb: img.as_raw(),
-            green: green_mask(img),
+            green_h,
+            green_v,
         }
     }
 
+    /// Number of green pixels in `b` (either mask).
+    fn green_count(&self, b: &PixelBox) -> u32 {
+        let w = self.width as usize;
+        let (x0, x1) = (b.x0.min(self.width) as usize, b.x1.min(self.width) as usize);
+        let (y0, y1) = (
+            b.y0.min(self.height) as usize,
+            b.y1.min(self.height) as usize,
+        );
+        let mut n = 0u32;
+        for y in y0..y1 {
+            let (h_row, v_row) = (
+                &self.green_h[y * w + x0..y * w + x1.max(x0)],
+                &self.green_v[y * w + x0..y * w + x1.max(x0)],
+            );
+            n += h_row
+                .iter()
+                .zip(v_row)
+                .map(|(&a, &b)| u32::from(a | b))
+                .sum::<u32>();
+        }
+        n
+    }
+
+    /// Green as part of a horizontal (`true`) or vertical line.
     #[inline]
-    fn green(&self, x: u32, y: u32) -> bool {
-        self.green[(y * self.width + x) as usize] != 0
+    fn green_in(&self, horizontal: bool, x: u32, y: u32) -> bool {
+        let i = (y * self.width + x) as usize;
+        if horizontal {
+            self.green_h[i] != 0
+        } else {
+            self.green_v[i] != 0
+        }
     }
 
     /// Signed green excess `g - max(r, b)`.
@@ -138,12 +177,8 @@ pub fn explain(img: &RgbImage) -> String {
         writeln!(s, "  {b:?}").unwrap();
     }
     for c in assemble(&hbars, &vbars) {
-        writeln!(
-            s,
-            "candidate {c:?}\n  -> {:?}",
-            refine_and_verify(&planes, c)
-        )
-        .unwrap();
+        let result = score(&planes, c).map(|sc| (sc.coverage, refine_and_verify(&planes, &sc)));
+        writeln!(s, "candidate {c:?}\n  -> {result:?}").unwrap();
     }
     s
 }
@@ -155,57 +190,184 @@ pub fn green_excess(rgb: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// 1 for clearly green pixels: a clear excess, or a weak one where the pixel is much greener
-/// than the mean colour of its `BLOCK` x `BLOCK` block.
-fn green_mask(img: &RgbImage) -> Vec<u8> {
-    let rgb = img.as_raw();
-    let mut mask: Vec<u8> = rgb
-        .chunks_exact(3)
-        .map(|p| u8::from(p[1].saturating_sub(p[0].max(p[2])) >= GREEN_MIN))
-        .collect();
-    let weak = rgb
-        .chunks_exact(3)
-        .enumerate()
-        .any(|(i, p)| mask[i] == 0 && p[1].saturating_sub(p[0].max(p[2])) >= WEAK_GREEN_MIN);
-    if weak {
-        add_relative_green(img, &mut mask);
+/// Two masks, 1 for green: a clear excess `g - max(r, b)`, or a pixel shifted towards green
+/// by `SHIFT_MIN` against the pixels two steps away across a line, above and below (first mask,
+/// for horizontal lines) or left and right (second, for vertical lines). The shift finds a thin
+/// line whose colour JPEG has mixed with a red or orange background; a white or grey line over
+/// colour shifts away from green and is not taken.
+fn green_masks(img: &RgbImage) -> (Vec<u8>, Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (and so SSSE3 and SSE4.1), checked just above.
+        return unsafe { green_masks_avx2(img) };
     }
-    mask
+    let (g_r, g_b) = colour_differences(img.as_raw());
+    masks_from_differences(img.width() as usize, img.height() as usize, &g_r, &g_b)
 }
 
-/// Pixels with a weak excess that are much greener than the mean colour of their block join
-/// the mask (a thin line over a red or orange background).
-fn add_relative_green(img: &RgbImage, mask: &mut [u8]) {
-    let (w, h) = (img.width(), img.height());
-    let rgb = img.as_raw();
-    let (bw, bh) = (w.div_ceil(BLOCK), h.div_ceil(BLOCK));
-    let mut sums = vec![[0u32; 4]; (bw * bh) as usize];
-    for y in 0..h {
-        for x in 0..w {
-            let i = 3 * (y * w + x) as usize;
-            let s = &mut sums[((y / BLOCK) * bw + x / BLOCK) as usize];
-            s[0] += u32::from(rgb[i]);
-            s[1] += u32::from(rgb[i + 1]);
-            s[2] += u32::from(rgb[i + 2]);
-            s[3] += 1;
+/// [`green_masks`] compiled for AVX2, with a shuffle-based RGB de-interleave; the mask loops
+/// vectorise several times wider than with the baseline SSE2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn green_masks_avx2(img: &RgbImage) -> (Vec<u8>, Vec<u8>) {
+    // SAFETY: this function only runs where AVX2 (hence SSSE3 and SSE4.1) is available.
+    let (g_r, g_b) = unsafe { colour_differences_ssse3(img.as_raw()) };
+    masks_from_differences(img.width() as usize, img.height() as usize, &g_r, &g_b)
+}
+
+/// Per pixel `g - r` and `g - b`.
+fn colour_differences(rgb: &[u8]) -> (Vec<i16>, Vec<i16>) {
+    let (g_r, g_b) = rgb
+        .chunks_exact(3)
+        .map(|p| {
+            (
+                i16::from(p[1]) - i16::from(p[0]),
+                i16::from(p[1]) - i16::from(p[2]),
+            )
+        })
+        .unzip();
+    (g_r, g_b)
+}
+
+/// [`colour_differences`] 16 pixels at a time: three loads, byte shuffles to gather each
+/// channel, widening subtractions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3,sse4.1")]
+unsafe fn colour_differences_ssse3(rgb: &[u8]) -> (Vec<i16>, Vec<i16>) {
+    use std::arch::x86_64::*;
+    let n = rgb.len() / 3;
+    let mut g_r = vec![0i16; n];
+    let mut g_b = vec![0i16; n];
+    // For each channel, where its 16 bytes sit in the three 16-byte loads (-1: none).
+    const fn gather(channel: usize, load: usize) -> [i8; 16] {
+        let mut idx = [-1i8; 16];
+        let mut px = 0;
+        while px < 16 {
+            let byte = 3 * px + channel;
+            if byte / 16 == load {
+                idx[px] = (byte % 16) as i8;
+            }
+            px += 1;
+        }
+        idx
+    }
+    const IDX: [[[i8; 16]; 3]; 3] = [
+        [gather(0, 0), gather(0, 1), gather(0, 2)],
+        [gather(1, 0), gather(1, 1), gather(1, 2)],
+        [gather(2, 0), gather(2, 1), gather(2, 2)],
+    ];
+    let blocks = n / 16;
+    // SAFETY: every load reads 48 bytes inside `rgb` (block < n / 16) and every store writes
+    // 16 i16 inside `g_r` / `g_b`; unaligned loads and stores are used throughout.
+    unsafe {
+        let masks: [[__m128i; 3]; 3] = IDX.map(|c| c.map(|m| _mm_loadu_si128(m.as_ptr().cast())));
+        for block in 0..blocks {
+            let src = rgb.as_ptr().add(48 * block);
+            let loads = [
+                _mm_loadu_si128(src.cast()),
+                _mm_loadu_si128(src.add(16).cast()),
+                _mm_loadu_si128(src.add(32).cast()),
+            ];
+            let channel = |c: usize| {
+                _mm_or_si128(
+                    _mm_or_si128(
+                        _mm_shuffle_epi8(loads[0], masks[c][0]),
+                        _mm_shuffle_epi8(loads[1], masks[c][1]),
+                    ),
+                    _mm_shuffle_epi8(loads[2], masks[c][2]),
+                )
+            };
+            let (r, g, b) = (channel(0), channel(1), channel(2));
+            let widen_lo = |v| _mm_cvtepu8_epi16(v);
+            let widen_hi = |v| _mm_cvtepu8_epi16(_mm_srli_si128(v, 8));
+            let out_r = g_r.as_mut_ptr().add(16 * block);
+            let out_b = g_b.as_mut_ptr().add(16 * block);
+            _mm_storeu_si128(out_r.cast(), _mm_sub_epi16(widen_lo(g), widen_lo(r)));
+            _mm_storeu_si128(out_r.add(8).cast(), _mm_sub_epi16(widen_hi(g), widen_hi(r)));
+            _mm_storeu_si128(out_b.cast(), _mm_sub_epi16(widen_lo(g), widen_lo(b)));
+            _mm_storeu_si128(out_b.add(8).cast(), _mm_sub_epi16(widen_hi(g), widen_hi(b)));
         }
     }
-    let means: Vec<[i32; 3]> = sums
-        .iter()
-        .map(|s| [0, 1, 2].map(|c| (s[c] / s[3].max(1)) as i32))
-        .collect();
+    let (tail_r, tail_b) = colour_differences(&rgb[48 * blocks..]);
+    g_r[16 * blocks..].copy_from_slice(&tail_r);
+    g_b[16 * blocks..].copy_from_slice(&tail_b);
+    (g_r, g_b)
+}
+
+/// Both masks from the colour differences (see [`green_masks`]).
+#[inline(always)]
+fn masks_from_differences(w: usize, h: usize, g_r: &[i16], g_b: &[i16]) -> (Vec<u8>, Vec<u8>) {
+    let mut across_rows = vec![0u8; w * h];
+    let mut across_cols = vec![0u8; w * h];
+    let zeros = vec![0i16; w];
     for y in 0..h {
-        for x in 0..w {
-            let i = (y * w + x) as usize;
-            let p = &rgb[3 * i..3 * i + 3];
-            if mask[i] != 0 || p[1].saturating_sub(p[0].max(p[2])) < WEAK_GREEN_MIN {
-                continue;
-            }
-            let m = means[((y / BLOCK) * bw + x / BLOCK) as usize];
-            let d = [0, 1, 2].map(|c| i32::from(p[c]) - m[c]);
-            if d[1] - d[0].max(d[2]) >= SHIFT_MIN {
-                mask[i] = 1;
-            }
+        let row = y * w..(y + 1) * w;
+        // Rows two above and below; at the top and bottom edges a row of zeros stands in and
+        // the row ridge is not used.
+        let has_rows = y >= 2 && y + 2 < h;
+        let (up, down) = if has_rows {
+            ((y - 2) * w..(y - 1) * w, (y + 2) * w..(y + 3) * w)
+        } else {
+            (0..0, 0..0)
+        };
+        let (gr_ud, gb_ud): ([&[i16]; 2], [&[i16]; 2]) = if has_rows {
+            (
+                [&g_r[up.clone()], &g_r[down.clone()]],
+                [&g_b[up], &g_b[down]],
+            )
+        } else {
+            ([&zeros, &zeros], [&zeros, &zeros])
+        };
+        mask_row(
+            &g_r[row.clone()],
+            &g_b[row.clone()],
+            gr_ud,
+            gb_ud,
+            has_rows,
+            &mut across_rows[row.clone()],
+            &mut across_cols[row],
+        );
+    }
+    (across_rows, across_cols)
+}
+
+/// One row of both masks (see [`green_masks`]): `gr`/`gb` are g - r and g - b on the row,
+/// `gr_ud`/`gb_ud` on the rows two above and two below.
+#[inline(always)]
+fn mask_row(
+    gr: &[i16],
+    gb: &[i16],
+    gr_ud: [&[i16]; 2],
+    gb_ud: [&[i16]; 2],
+    has_rows: bool,
+    out_rows: &mut [u8],
+    out_cols: &mut [u8],
+) {
+    let n = gr.len();
+    // Equal lengths, asserted once, let the compiler drop every bounds check and vectorise.
+    assert!(gb.len() == n && out_rows.len() == n && out_cols.len() == n);
+    assert!(gr_ud.iter().chain(&gb_ud).all(|s| s.len() == n));
+    let (gr_u, gr_d, gb_u, gb_d) = (gr_ud[0], gr_ud[1], gb_ud[0], gb_ud[1]);
+    let clear_min = i16::from(GREEN_MIN);
+    let ridge_min = 2 * SHIFT_MIN as i16;
+    let rows_on = i16::from(has_rows);
+    for i in 0..n {
+        let clear = (gr[i] >= clear_min) & (gb[i] >= clear_min);
+        let ridge_r = 2 * gr[i] - gr_u[i] - gr_d[i];
+        let ridge_b = 2 * gb[i] - gb_u[i] - gb_d[i];
+        let ridge = (ridge_r >= ridge_min) & (ridge_b >= ridge_min) & (rows_on != 0);
+        out_rows[i] = (clear | ridge) as u8;
+        out_cols[i] = clear as u8;
+    }
+    if n > 4 {
+        let m = n - 4;
+        let (l, c, r) = (&gr[..m], &gr[2..2 + m], &gr[4..4 + m]);
+        let (lb, cb, rb) = (&gb[..m], &gb[2..2 + m], &gb[4..4 + m]);
+        let out = &mut out_cols[2..2 + m];
+        for i in 0..m {
+            let ridge_r = 2 * c[i] - l[i] - r[i];
+            let ridge_b = 2 * cb[i] - lb[i] - rb[i];
+            out[i] |= ((ridge_r >= ridge_min) & (ridge_b >= ridge_min)) as u8;
         }
     }
 }
@@ -213,23 +375,30 @@ fn add_relative_green(img: &RgbImage, mask: &mut [u8]) {
 /// All rectangle outlines found in `img`, largest first.
 pub fn detect(img: &RgbImage) -> Vec<Roi> {
     let planes = Planes::new(img);
-    let green_pixels = planes.green.iter().filter(|&&g| g != 0).count();
-    if green_pixels < (4 * MIN_SIDE) as usize {
+    // Masks hold 0 or 1, so a plain sum counts (and vectorises, unlike `filter().count()`).
+    let green_pixels: u32 = planes.green_h.iter().map(|&g| u32::from(g)).sum();
+    if green_pixels < 4 * MIN_SIDE {
         return Vec::new();
     }
     let (hruns, vruns) = straight_runs(&planes);
     let hbars = with_faint_extensions(&planes, group_runs(hruns), Side::Top);
     let vbars = with_faint_extensions(&planes, group_runs(vruns), Side::Left);
-    let mut found: Vec<Roi> = assemble(&hbars, &vbars)
+    let mut scored: Vec<Scored> = assemble(&hbars, &vbars)
         .into_iter()
-        .filter_map(|c| refine_and_verify(&planes, c))
+        .filter_map(|c| score(&planes, c))
         .collect();
-    // Several bar combinations can describe one outline: keep the best-covered of each.
-    found.sort_by(|a, b| b.confidence.partial_cmp(&a.confidence).unwrap());
+    // Several bar combinations describe one outline: the best-covered is placed and checked
+    // first, and candidates overlapping an accepted box are not looked at again.
+    scored.sort_by(|a, b| b.coverage.total_cmp(&a.coverage));
     let mut kept: Vec<Roi> = Vec::new();
-    for roi in found {
-        if kept.iter().all(|k| k.bbox.iou(&roi.bbox) < 0.5) {
-            kept.push(roi);
+    for s in &scored {
+        if kept.iter().any(|k| k.bbox.iou(&s.rough) >= 0.5) {
+            continue;
+        }
+        if let Some(roi) = refine_and_verify(&planes, s) {
+            if kept.iter().all(|k| k.bbox.iou(&roi.bbox) < 0.5) {
+                kept.push(roi);
+            }
         }
     }
     kept.sort_by_key(|r| std::cmp::Reverse(r.bbox.area()));
@@ -254,22 +423,40 @@ fn straight_runs(p: &Planes) -> (Vec<Run>, Vec<Run>) {
         }
     };
     for y in 0..h {
-        let row = &p.green[(y * w) as usize..((y + 1) * w) as usize];
+        let row_h = &p.green_h[(y * w) as usize..((y + 1) * w) as usize];
+        let row_v = &p.green_v[(y * w) as usize..((y + 1) * w) as usize];
         let mut hstart = u32::MAX;
         let mut hlast = 0;
-        for (x, &g) in row.iter().enumerate() {
-            if g == 0 {
+        let mut x = 0usize;
+        while x < row_h.len() {
+            // Most of an image is not green: skip eight empty pixels at a time.
+            if x + 8 <= row_h.len()
+                && u64::from_ne_bytes(row_h[x..x + 8].try_into().expect("8 bytes")) == 0
+                && u64::from_ne_bytes(row_v[x..x + 8].try_into().expect("8 bytes")) == 0
+            {
+                x += 8;
                 continue;
             }
-            let x = x as u32;
-            if hstart != u32::MAX && x - hlast <= MAX_GAP + 1 {
-                hlast = x;
-            } else {
-                if hstart != u32::MAX {
-                    close(&mut hruns, y, hstart, hlast);
+            let (gh, gv) = (row_h[x], row_v[x]);
+            let xu = x;
+            x += 1;
+            if gh == 0 && gv == 0 {
+                continue;
+            }
+            let x = xu as u32;
+            if gh != 0 {
+                if hstart != u32::MAX && x - hlast <= MAX_GAP + 1 {
+                    hlast = x;
+                } else {
+                    if hstart != u32::MAX {
+                        close(&mut hruns, y, hstart, hlast);
+                    }
+                    hstart = x;
+                    hlast = x;
                 }
-                hstart = x;
-                hlast = x;
+            }
+            if gv == 0 {
+                continue;
             }
             let xi = x as usize;
             if vstart[xi] != u32::MAX && y - vlast[xi] <= MAX_GAP + 1 {
@@ -545,7 +732,7 @@ impl SideView<'_> {
     }
     fn green(&self, along: u32, across: u32) -> bool {
         let (x, y) = self.xy(along, across);
-        self.planes.green(x, y)
+        self.planes.green_in(self.side.horizontal(), x, y)
     }
     /// Clearly green, or faintly green along a thin ridge: greener than the pixels two steps
     /// away on both sides across the line. A thin line washed out by JPEG is such a ridge;
@@ -674,14 +861,17 @@ impl SideView<'_> {
     }
 }
 
-fn refine_and_verify(planes: &Planes, c: Candidate) -> Option<Roi> {
+/// A candidate whose sides are all covered: its rough outer box (from the bars) and the
+/// smallest side coverage, which is its confidence.
+struct Scored {
+    candidate: Candidate,
+    rough: PixelBox,
+    coverage: f32,
+}
+
+/// Checks size and side coverage, the cheap tests, before any side is placed exactly.
+fn score(planes: &Planes, c: Candidate) -> Option<Scored> {
     let view = |side| SideView { planes, side };
-    let (top, right, bottom, left) = (
-        view(Side::Top),
-        view(Side::Right),
-        view(Side::Bottom),
-        view(Side::Left),
-    );
     let x0 = c.left.lo.min(c.top.start).min(c.bottom.start);
     let x1 = c.right.hi.max(c.top.end).max(c.bottom.end);
     let y0 = c.top.lo.min(c.left.start).min(c.right.start);
@@ -689,16 +879,42 @@ fn refine_and_verify(planes: &Planes, c: Candidate) -> Option<Roi> {
     if x1 - x0 + 1 < MIN_BOX_SIDE || y1 - y0 + 1 < MIN_BOX_SIDE {
         return None;
     }
-    let coverage = [
-        top.coverage(c.top.lo, c.top.hi, x0, x1),
-        right.coverage(c.right.lo, c.right.hi, y0, y1),
-        bottom.coverage(c.bottom.lo, c.bottom.hi, x0, x1),
-        left.coverage(c.left.lo, c.left.hi, y0, y1),
+    let sides = [
+        (Side::Top, c.top, x0, x1),
+        (Side::Right, c.right, y0, y1),
+        (Side::Bottom, c.bottom, x0, x1),
+        (Side::Left, c.left, y0, y1),
     ];
-    let min_coverage = coverage.iter().cloned().fold(f32::INFINITY, f32::min);
-    if min_coverage < MIN_COVERAGE {
-        return None;
+    let mut coverage = f32::INFINITY;
+    for (side, bar, a0, a1) in sides {
+        coverage = coverage.min(view(side).coverage(bar.lo, bar.hi, a0, a1));
+        if coverage < MIN_COVERAGE {
+            return None;
+        }
     }
+    Some(Scored {
+        candidate: c,
+        rough: PixelBox {
+            x0,
+            y0,
+            x1: x1 + 1,
+            y1: y1 + 1,
+        },
+        coverage,
+    })
+}
+
+/// Places each side of a covered candidate exactly and checks what a drawn box must be.
+fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi> {
+    let c = scored.candidate;
+    let min_coverage = scored.coverage;
+    let view = |side| SideView { planes, side };
+    let (top, right, bottom, left) = (
+        view(Side::Top),
+        view(Side::Right),
+        view(Side::Bottom),
+        view(Side::Left),
+    );
     // Measure each side between the other two, clear of the corners.
     let (hx0, hx1) = (c.left.hi + 2, c.right.lo.saturating_sub(2));
     let (vy0, vy1) = (c.top.hi + 2, c.bottom.lo.saturating_sub(2));
@@ -726,6 +942,21 @@ fn refine_and_verify(planes: &Planes, c: Candidate) -> Option<Roi> {
         x1: r_hi + 1,
         y1: b_hi + 1,
     };
+    let inside = PixelBox {
+        x0: l_hi + 1,
+        y0: t_hi + 1,
+        x1: r_lo,
+        y1: b_lo,
+    };
+    if inside.width() < MIN_INTERIOR || inside.height() < MIN_INTERIOR {
+        return None;
+    }
+    if green_fraction(planes, &shrink(&inside, 2)) > MAX_INTERIOR_GREEN {
+        return None;
+    }
+    if bbox.width().max(bbox.height()) < SMALL_BOX && crowded_sides(planes, &bbox) >= 2 {
+        return None;
+    }
     Some(Roi {
         bbox,
         confidence: Some(min_coverage),
@@ -736,6 +967,64 @@ fn refine_and_verify(planes: &Planes, c: Candidate) -> Option<Roi> {
             l_hi - l_lo + 1,
         ]),
     })
+}
+
+fn shrink(b: &PixelBox, by: u32) -> PixelBox {
+    let x0 = (b.x0 + by).min(b.x1);
+    let y0 = (b.y0 + by).min(b.y1);
+    PixelBox {
+        x0,
+        y0,
+        x1: b.x1.saturating_sub(by).max(x0),
+        y1: b.y1.saturating_sub(by).max(y0),
+    }
+}
+
+/// Fraction of the pixels of `b` that are clearly green (0 for an empty box).
+fn green_fraction(planes: &Planes, b: &PixelBox) -> f32 {
+    let area = b.area();
+    if area == 0 {
+        return 0.0;
+    }
+    planes.green_count(b) as f32 / area as f32
+}
+
+/// How many sides of `b` have other green marks close outside: a strip from 2 to 6 pixels
+/// beyond the outline, along the side, more than a tenth green.
+fn crowded_sides(planes: &Planes, b: &PixelBox) -> usize {
+    const NEAR: u32 = 2;
+    const FAR: u32 = 6;
+    let (w, h) = (planes.width, planes.height);
+    let strips = [
+        PixelBox {
+            x0: b.x0,
+            x1: b.x1,
+            y0: b.y0.saturating_sub(FAR),
+            y1: b.y0.saturating_sub(NEAR),
+        },
+        PixelBox {
+            x0: b.x0,
+            x1: b.x1,
+            y0: (b.y1 + NEAR).min(h),
+            y1: (b.y1 + FAR).min(h),
+        },
+        PixelBox {
+            x0: b.x0.saturating_sub(FAR),
+            x1: b.x0.saturating_sub(NEAR),
+            y0: b.y0,
+            y1: b.y1,
+        },
+        PixelBox {
+            x0: (b.x1 + NEAR).min(w),
+            x1: (b.x1 + FAR).min(w),
+            y0: b.y0,
+            y1: b.y1,
+        },
+    ];
+    strips
+        .iter()
+        .filter(|s| green_fraction(planes, s) > 0.1)
+        .count()
 }
 
 #[cfg(test)]
@@ -753,6 +1042,27 @@ mod tests {
                     img.put_pixel(x, y, image::Rgb([0, 255, 0]));
                 }
             }
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn shuffled_colour_differences_equal_the_plain_ones() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut state = 7u32;
+        // Lengths around the 16-pixel blocks, and every byte value.
+        for n in [0usize, 1, 15, 16, 17, 33, 1000] {
+            let rgb: Vec<u8> = (0..3 * n)
+                .map(|_| {
+                    state = state.wrapping_mul(1664525).wrapping_add(1013904223);
+                    (state >> 24) as u8
+                })
+                .collect();
+            // SAFETY: AVX2 (so SSSE3 and SSE4.1) was detected above.
+            let fast = unsafe { colour_differences_ssse3(&rgb) };
+            assert_eq!(fast, colour_differences(&rgb), "{n} pixels");
         }
     }
 
