@@ -52,6 +52,7 @@ fn main() {
         over.len(),
         c.green_left
     );
+    println!("boxes found again in cleaned images: {:?}", c.found_again);
     for (f, m) in over {
         println!("  clean over 8: {f} {m:.2}");
     }

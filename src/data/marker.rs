@@ -7,8 +7,9 @@
 //! are then filled by edge-directed interpolation: of several directions through the pixel, the
 //! one whose two clean end points agree best (penalised by distance) is interpolated, so a
 //! structure crossing the line at a slant is continued rather than cut. Corners, where every
-//! direction crosses paint, are filled last from their filled neighbours. A grey image stays
-//! grey, and no filled pixel is left inside the seed's green range.
+//! direction crosses paint, are filled last from their filled neighbours. In a grey image every
+//! pixel within a JPEG block of the outline is made grey again (the colour there can only be
+//! the paint's), and no filled pixel is left inside the seed's green range.
 
 use image::RgbImage;
 
@@ -17,6 +18,8 @@ use super::roi::Roi;
 
 /// How far beyond the painted band JPEG tint is looked for, in pixels.
 const MAX_TINT_MARGIN: u32 = 2;
+/// How far JPEG carries colour from a line: one 16 x 16 block with 4:2:0 chroma.
+const JPEG_BLOCK: u32 = 16;
 /// Median green shift (against the line three pixels further out) that marks a tinted line.
 const TINT_SHIFT: i32 = 3;
 
@@ -142,6 +145,27 @@ pub fn remove_outlines(img: &mut RgbImage, rois: &[Roi]) -> CleanStats {
     let widest = sides.iter().map(|s| s.hi - s.lo + 1).max().unwrap_or(1);
     fill_pass(img, &mut state, 2 * (widest + 2 * MAX_TINT_MARGIN) + 2);
     fill_pass(img, &mut state, u32::MAX);
+    // In a grey image any colour near the outline is JPEG's chroma bleeding, reaching up to a
+    // 16-pixel block away; the true pixels are grey, so their own luminance restores them.
+    if grey {
+        for s in &sides {
+            let ring = SideBand {
+                a0: s.a0.saturating_sub(JPEG_BLOCK),
+                a1: s.a1 + JPEG_BLOCK,
+                ..*s
+            };
+            let across_max = if s.horizontal { h } else { w } - 1;
+            let (from, to) = (
+                s.lo.saturating_sub(JPEG_BLOCK),
+                (s.hi + JPEG_BLOCK).min(across_max),
+            );
+            for_each_pixel(&ring, from, to, w, h, |i| {
+                let p = &mut img.as_mut()[3 * i..3 * i + 3];
+                let y = luma(p[0], p[1], p[2]);
+                p.copy_from_slice(&[y, y, y]);
+            });
+        }
+    }
     // Whatever interpolation produced, nothing along the outline may still read as green.
     for (i, s) in state.iter().enumerate() {
         if *s == KNOWN {
@@ -326,5 +350,89 @@ fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
     for (i, colour) in filled {
         img.as_mut()[3 * i..3 * i + 3].copy_from_slice(&colour);
         state[i] = FILLED;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::image_io::{decode_rgb8, LoadOptions};
+    use crate::data::roi::{detect, DetectMode};
+
+    /// A textured grey picture with a green outline painted in, through a real JPEG round trip.
+    fn painted_jpeg(w: u32, h: u32, rect: [u32; 4], line: u32) -> (RgbImage, RgbImage) {
+        let clean = RgbImage::from_fn(w, h, |x, y| {
+            let v = (90.0 + 40.0 * ((x as f32) / 9.0).sin() + 0.3 * y as f32) as u8;
+            image::Rgb([v, v, v])
+        });
+        let mut painted = clean.clone();
+        let [x0, y0, x1, y1] = rect;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                if x < x0 + line || x >= x1 - line || y < y0 + line || y >= y1 - line {
+                    painted.put_pixel(x, y, image::Rgb([0, 255, 0]));
+                }
+            }
+        }
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+            .encode_image(&painted)
+            .unwrap();
+        (decode_rgb8(&jpeg, LoadOptions::default()).unwrap(), clean)
+    }
+
+    #[test]
+    fn outline_touching_the_border_is_removed_completely() {
+        let rect = [30, 0, 110, 60];
+        let (mut img, clean) = painted_jpeg(160, 120, rect, 1);
+        let rois = detect(&img, DetectMode::Robust).rois;
+        assert_eq!(rois.len(), 1);
+        assert_eq!(rois[0].bbox.y0, 0, "{:?}", rois[0].bbox);
+        let stats = remove_outlines(&mut img, &rois);
+        assert!(stats.outline_pixels >= 2 * (80 + 60) - 4);
+        let [x0, y0, x1, y1] = rect;
+        let mut error = 0u64;
+        let mut n = 0u64;
+        for y in y0..y1 {
+            for x in x0..x1 {
+                if x == x0 || x == x1 - 1 || y == y0 || y == y1 - 1 {
+                    let p = img.get_pixel(x, y).0;
+                    assert!(
+                        !SEED_GREEN.contains_rgb(p[0], p[1], p[2]),
+                        "green at ({x}, {y})"
+                    );
+                    let c = clean.get_pixel(x, y).0;
+                    error += (0..3).map(|i| u64::from(p[i].abs_diff(c[i]))).sum::<u64>();
+                    n += 3;
+                }
+            }
+        }
+        let mean = error as f64 / n as f64;
+        assert!(mean <= 8.0, "mean error {mean:.2} on the outline");
+    }
+
+    #[test]
+    fn a_grey_image_stays_grey() {
+        let (mut img, _) = painted_jpeg(200, 150, [40, 30, 150, 120], 3);
+        let rois = detect(&img, DetectMode::Robust).rois;
+        assert_eq!(rois.len(), 1);
+        remove_outlines(&mut img, &rois);
+        let b = rois[0].bbox;
+        for y in b.y0..b.y1 {
+            for x in b.x0..b.x1 {
+                let p = img.get_pixel(x, y).0;
+                let spread = p.iter().max().unwrap() - p.iter().min().unwrap();
+                assert!(spread <= 12, "colour left at ({x}, {y}): {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_to_remove_changes_nothing() {
+        let (img, _) = painted_jpeg(64, 64, [10, 10, 50, 50], 1);
+        let mut copy = img.clone();
+        let stats = remove_outlines(&mut copy, &[]);
+        assert_eq!(stats, CleanStats::default());
+        assert_eq!(copy, img);
     }
 }

@@ -154,6 +154,8 @@ pub struct CleanScore {
     pub green_left: usize,
     /// Images with a painted box that detection missed (so nothing was removed there).
     pub missed: Vec<String>,
+    /// Images in which detection, run again on the cleaned image, still finds a painted box.
+    pub found_again: Vec<String>,
 }
 
 impl CleanScore {
@@ -182,6 +184,14 @@ pub fn score_clean(dir: &Path, entries: &[Entry]) -> CleanScore {
             s.missed.push(e.file.clone());
         }
         remove_outlines(&mut img, &rois);
+        let again = detect(&img, DetectMode::Robust).rois;
+        if all_found
+            && again
+                .iter()
+                .any(|r| e.truth().iter().any(|t| r.bbox.iou(t) >= 0.5))
+        {
+            s.found_again.push(e.file.clone());
+        }
         let (mut sum, mut n) = (0u64, 0u64);
         for (x, y, m) in mask.enumerate_pixels() {
             if m.0[0] == 0 {

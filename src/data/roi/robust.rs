@@ -94,9 +94,41 @@ struct Planes<'a> {
     green_v: Vec<u8>,
 }
 
+/// Buffers kept from image to image on one thread: allocating them afresh for every image
+/// costs more in page faults than filling them does.
+#[derive(Default)]
+struct Scratch {
+    g_r: Vec<i16>,
+    g_b: Vec<i16>,
+    green_h: Vec<u8>,
+    green_v: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// `v` with exactly `n` elements, reusing its allocation; old contents are left in place, for
+/// callers that overwrite every element.
+fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.resize(n, T::default());
+    v
+}
+
 impl<'a> Planes<'a> {
-    fn new(img: &'a RgbImage) -> Planes<'a> {
-        let (green_h, green_v) = green_masks(img);
+    /// The masks of `img`, built in buffers taken from `scratch` (give them back with
+    /// [`Planes::recycle`]).
+    fn new(img: &'a RgbImage, scratch: &mut Scratch) -> Planes<'a> {
+        let mut green_h = std::mem::take(&mut scratch.green_h);
+        let mut green_v = std::mem::take(&mut scratch.green_v);
+        let n = (img.width() * img.height()) as usize;
+        green_masks(
+            img,
+            sized(&mut scratch.g_r, n),
+            sized(&mut scratch.g_b, n),
+            sized(&mut green_h, n),
+            sized(&mut green_v, n),
+        );
         Planes {
             width: img.width(),
             height: img.height(),
@@ -104,6 +136,11 @@ impl<'a> Planes<'a> {
             green_h,
             green_v,
         }
+    }
+
+    fn recycle(self, scratch: &mut Scratch) {
+        scratch.green_h = self.green_h;
+        scratch.green_v = self.green_v;
     }
 
     /// Number of green pixels in `b` (either mask).
@@ -163,7 +200,7 @@ impl<'a> Planes<'a> {
 /// diagnosing a miss.
 pub fn explain(img: &RgbImage) -> String {
     use std::fmt::Write;
-    let planes = Planes::new(img);
+    let planes = Planes::new(img, &mut Scratch::default());
     let (hruns, vruns) = straight_runs(&planes);
     let hbars = with_faint_extensions(&planes, group_runs(hruns), Side::Top);
     let vbars = with_faint_extensions(&planes, group_runs(vruns), Side::Left);
@@ -195,49 +232,52 @@ pub fn green_excess(rgb: &[u8]) -> Vec<u8> {
 /// for horizontal lines) or left and right (second, for vertical lines). The shift finds a thin
 /// line whose colour JPEG has mixed with a red or orange background; a white or grey line over
 /// colour shifts away from green and is not taken.
-fn green_masks(img: &RgbImage) -> (Vec<u8>, Vec<u8>) {
+fn green_masks(img: &RgbImage, g_r: &mut [i16], g_b: &mut [i16], rows: &mut [u8], cols: &mut [u8]) {
+    let (w, h) = (img.width() as usize, img.height() as usize);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2 (and so SSSE3 and SSE4.1), checked just above.
-        return unsafe { green_masks_avx2(img) };
+        // SAFETY: the CPU supports AVX2, checked just above.
+        unsafe { green_masks_avx2(img.as_raw(), w, h, g_r, g_b, rows, cols) };
+        return;
     }
-    let (g_r, g_b) = colour_differences(img.as_raw());
-    masks_from_differences(img.width() as usize, img.height() as usize, &g_r, &g_b)
+    colour_differences(img.as_raw(), g_r, g_b);
+    masks_from_differences(w, h, g_r, g_b, rows, cols);
 }
 
 /// [`green_masks`] compiled for AVX2, with a shuffle-based RGB de-interleave; the mask loops
 /// vectorise several times wider than with the baseline SSE2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn green_masks_avx2(img: &RgbImage) -> (Vec<u8>, Vec<u8>) {
+unsafe fn green_masks_avx2(
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    g_r: &mut [i16],
+    g_b: &mut [i16],
+    rows: &mut [u8],
+    cols: &mut [u8],
+) {
     // SAFETY: this function only runs where AVX2 (hence SSSE3 and SSE4.1) is available.
-    let (g_r, g_b) = unsafe { colour_differences_ssse3(img.as_raw()) };
-    masks_from_differences(img.width() as usize, img.height() as usize, &g_r, &g_b)
+    unsafe { colour_differences_ssse3(rgb, g_r, g_b) };
+    masks_from_differences(w, h, g_r, g_b, rows, cols);
 }
 
-/// Per pixel `g - r` and `g - b`.
-fn colour_differences(rgb: &[u8]) -> (Vec<i16>, Vec<i16>) {
-    let (g_r, g_b) = rgb
-        .chunks_exact(3)
-        .map(|p| {
-            (
-                i16::from(p[1]) - i16::from(p[0]),
-                i16::from(p[1]) - i16::from(p[2]),
-            )
-        })
-        .unzip();
-    (g_r, g_b)
+/// Per pixel `g - r` and `g - b`, into slices of one element per pixel.
+fn colour_differences(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) {
+    for ((p, gr), gb) in rgb.chunks_exact(3).zip(g_r).zip(g_b) {
+        *gr = i16::from(p[1]) - i16::from(p[0]);
+        *gb = i16::from(p[1]) - i16::from(p[2]);
+    }
 }
 
 /// [`colour_differences`] 16 pixels at a time: three loads, byte shuffles to gather each
 /// channel, widening subtractions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "ssse3,sse4.1")]
-unsafe fn colour_differences_ssse3(rgb: &[u8]) -> (Vec<i16>, Vec<i16>) {
+unsafe fn colour_differences_ssse3(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) {
     use std::arch::x86_64::*;
     let n = rgb.len() / 3;
-    let mut g_r = vec![0i16; n];
-    let mut g_b = vec![0i16; n];
+    assert!(g_r.len() == n && g_b.len() == n, "one difference per pixel");
     // For each channel, where its 16 bytes sit in the three 16-byte loads (-1: none).
     const fn gather(channel: usize, load: usize) -> [i8; 16] {
         let mut idx = [-1i8; 16];
@@ -288,17 +328,23 @@ unsafe fn colour_differences_ssse3(rgb: &[u8]) -> (Vec<i16>, Vec<i16>) {
             _mm_storeu_si128(out_b.add(8).cast(), _mm_sub_epi16(widen_hi(g), widen_hi(b)));
         }
     }
-    let (tail_r, tail_b) = colour_differences(&rgb[48 * blocks..]);
-    g_r[16 * blocks..].copy_from_slice(&tail_r);
-    g_b[16 * blocks..].copy_from_slice(&tail_b);
-    (g_r, g_b)
+    colour_differences(
+        &rgb[48 * blocks..],
+        &mut g_r[16 * blocks..],
+        &mut g_b[16 * blocks..],
+    );
 }
 
 /// Both masks from the colour differences (see [`green_masks`]).
 #[inline(always)]
-fn masks_from_differences(w: usize, h: usize, g_r: &[i16], g_b: &[i16]) -> (Vec<u8>, Vec<u8>) {
-    let mut across_rows = vec![0u8; w * h];
-    let mut across_cols = vec![0u8; w * h];
+fn masks_from_differences(
+    w: usize,
+    h: usize,
+    g_r: &[i16],
+    g_b: &[i16],
+    across_rows: &mut [u8],
+    across_cols: &mut [u8],
+) {
     let zeros = vec![0i16; w];
     for y in 0..h {
         let row = y * w..(y + 1) * w;
@@ -328,7 +374,6 @@ fn masks_from_differences(w: usize, h: usize, g_r: &[i16], g_b: &[i16]) -> (Vec<
             &mut across_cols[row],
         );
     }
-    (across_rows, across_cols)
 }
 
 /// One row of both masks (see [`green_masks`]): `gr`/`gb` are g - r and g - b on the row,
@@ -374,18 +419,27 @@ fn mask_row(
 
 /// All rectangle outlines found in `img`, largest first.
 pub fn detect(img: &RgbImage) -> Vec<Roi> {
-    let planes = Planes::new(img);
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let planes = Planes::new(img, &mut scratch);
+        let rois = detect_in(&planes);
+        planes.recycle(&mut scratch);
+        rois
+    })
+}
+
+fn detect_in(planes: &Planes) -> Vec<Roi> {
     // Masks hold 0 or 1, so a plain sum counts (and vectorises, unlike `filter().count()`).
     let green_pixels: u32 = planes.green_h.iter().map(|&g| u32::from(g)).sum();
     if green_pixels < 4 * MIN_SIDE {
         return Vec::new();
     }
-    let (hruns, vruns) = straight_runs(&planes);
-    let hbars = with_faint_extensions(&planes, group_runs(hruns), Side::Top);
-    let vbars = with_faint_extensions(&planes, group_runs(vruns), Side::Left);
+    let (hruns, vruns) = straight_runs(planes);
+    let hbars = with_faint_extensions(planes, group_runs(hruns), Side::Top);
+    let vbars = with_faint_extensions(planes, group_runs(vruns), Side::Left);
     let mut scored: Vec<Scored> = assemble(&hbars, &vbars)
         .into_iter()
-        .filter_map(|c| score(&planes, c))
+        .filter_map(|c| score(planes, c))
         .collect();
     // Several bar combinations describe one outline: the best-covered is placed and checked
     // first, and candidates overlapping an accepted box are not looked at again.
@@ -395,7 +449,7 @@ pub fn detect(img: &RgbImage) -> Vec<Roi> {
         if kept.iter().any(|k| k.bbox.iou(&s.rough) >= 0.5) {
             continue;
         }
-        if let Some(roi) = refine_and_verify(&planes, s) {
+        if let Some(roi) = refine_and_verify(planes, s) {
             if kept.iter().all(|k| k.bbox.iou(&roi.bbox) < 0.5) {
                 kept.push(roi);
             }
@@ -815,6 +869,21 @@ impl SideView<'_> {
     /// positions `[a0, a1]` run along the side, clear of the corners.
     fn refine(&self, lo: u32, hi: u32, a0: u32, a1: u32) -> (u32, u32) {
         let last = self.across_len() - 1;
+        let (first, end) = self.place(lo, hi, a0, a1);
+        // Beyond the image border there is no background to compare a line with: a band that
+        // reached the border keeps its border line (better one tinted line too many than a
+        // painted one left behind).
+        let first = if lo == 0 && first == 1 { 0 } else { first };
+        let end = if hi == last && end + 1 == last {
+            last
+        } else {
+            end
+        };
+        (first, end)
+    }
+
+    fn place(&self, lo: u32, hi: u32, a0: u32, a1: u32) -> (u32, u32) {
+        let last = self.across_len() - 1;
         let (mut lo, mut hi) = (lo, hi);
         // Take in neighbouring lines that are still green along most of the side.
         for _ in 0..2 {
@@ -1060,9 +1129,12 @@ mod tests {
                     (state >> 24) as u8
                 })
                 .collect();
+            let (mut fast_r, mut fast_b) = (vec![0i16; n], vec![0i16; n]);
+            let (mut plain_r, mut plain_b) = (vec![0i16; n], vec![0i16; n]);
             // SAFETY: AVX2 (so SSSE3 and SSE4.1) was detected above.
-            let fast = unsafe { colour_differences_ssse3(&rgb) };
-            assert_eq!(fast, colour_differences(&rgb), "{n} pixels");
+            unsafe { colour_differences_ssse3(&rgb, &mut fast_r, &mut fast_b) };
+            colour_differences(&rgb, &mut plain_r, &mut plain_b);
+            assert_eq!((fast_r, fast_b), (plain_r, plain_b), "{n} pixels");
         }
     }
 
