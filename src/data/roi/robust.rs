@@ -1,8 +1,9 @@
 //! The default ROI detector: rectangle outlines of any line width, drawn in any green.
 //!
-//! 1. Green excess `g - max(r, b)` per pixel: zero for grey, high for any green paint, and
-//!    independent of brightness, so it survives JPEG (which keeps luminance sharp and smears
-//!    only the colour).
+//! 1. Green per pixel: a clear excess `g - max(r, b)` (zero for grey, high for any green
+//!    paint, independent of brightness, so it survives JPEG, which keeps luminance sharp and
+//!    smears only the colour), or, for thin lines whose colour JPEG mixed with a red or orange
+//!    background, a shift towards green against the pixels two steps away across the line.
 //! 2. Straight runs of green pixels (gaps of a couple of pixels tolerated) are grouped into
 //!    horizontal and vertical bars.
 //! 3. Four bars whose ends meet make a rectangle candidate; every side must be covered along
@@ -218,13 +219,6 @@ pub fn explain(img: &RgbImage) -> String {
         writeln!(s, "candidate {c:?}\n  -> {result:?}").unwrap();
     }
     s
-}
-
-/// `g - max(r, b)`, clamped at zero.
-pub fn green_excess(rgb: &[u8]) -> Vec<u8> {
-    rgb.chunks_exact(3)
-        .map(|p| p[1].saturating_sub(p[0].max(p[2])))
-        .collect()
 }
 
 /// Two masks, 1 for green: a clear excess `g - max(r, b)`, or a pixel shifted towards green
@@ -1136,6 +1130,47 @@ mod tests {
             colour_differences(&rgb, &mut plain_r, &mut plain_b);
             assert_eq!((fast_r, fast_b), (plain_r, plain_b), "{n} pixels");
         }
+    }
+
+    #[test]
+    fn degenerate_images_do_not_break_it() {
+        let green = image::Rgb([0, 255, 0]);
+        for (w, h) in [
+            (1, 1),
+            (1, 60),
+            (60, 1),
+            (2, 2),
+            (3, 3),
+            (5, 200),
+            (200, 5),
+            (13, 13),
+        ] {
+            assert!(
+                detect(&RgbImage::from_pixel(w, h, green)).is_empty(),
+                "{w}x{h}"
+            );
+            let mut checker = RgbImage::from_pixel(w, h, image::Rgb([30, 30, 30]));
+            for (x, y, p) in checker.enumerate_pixels_mut() {
+                if (x + y) % 2 == 0 {
+                    *p = green;
+                }
+            }
+            let _ = detect(&checker);
+        }
+        // An outline that is the image border itself.
+        let mut framed = grey(40, 30, 80);
+        outline(&mut framed, 0, 0, 40, 30, 2);
+        let rois = detect(&framed);
+        assert_eq!(rois.len(), 1);
+        assert_eq!(
+            rois[0].bbox,
+            PixelBox {
+                x0: 0,
+                y0: 0,
+                x1: 40,
+                y1: 30
+            }
+        );
     }
 
     #[test]
