@@ -53,6 +53,17 @@ fn main() {
         c.green_left
     );
     println!("boxes found again in cleaned images: {:?}", c.found_again);
+    let cleaned: Vec<f64> = c
+        .mad
+        .iter()
+        .filter(|(f, _)| !c.missed.contains(f))
+        .map(|m| m.1)
+        .collect();
+    println!(
+        "clean, images whose boxes were all found: {} images, mean MAD {:.2}",
+        cleaned.len(),
+        cleaned.iter().sum::<f64>() / cleaned.len().max(1) as f64
+    );
     for (f, m) in over {
         println!("  clean over 8: {f} {m:.2}");
     }

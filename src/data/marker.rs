@@ -280,10 +280,14 @@ const DIRECTIONS: [(i64, i64); 8] = [
 ];
 /// Cost, in grey levels of disagreement between the two anchors, of one pixel of distance.
 const DISTANCE_COST: f32 = 2.0;
+/// Directions within a few grey levels of cost of the best are blended (weight
+/// `exp(-extra_cost / BLEND_COST)`): averaging near-equal candidates lowers the noise that a
+/// single pair of anchors carries.
+const BLEND_COST: f32 = 8.0;
 
 /// Fills every hole pixel that has clean pixels on both sides within `max_gap` along some
-/// direction: of all such directions, the one whose two anchors agree best (penalised by
-/// distance) is interpolated linearly. Pixels filled here count as clean for later passes, and
+/// direction: each such direction is interpolated linearly, and the directions whose two
+/// anchors agree best (penalised by distance) are blended. Pixels filled here count as clean for later passes, and
 /// a last pass with an unbounded gap copies the nearest side where only one exists.
 fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
     let (w, h) = (img.width() as i64, img.height() as i64);
@@ -312,7 +316,8 @@ fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
                 }
                 None
             };
-            let mut best: Option<(f32, [u8; 3])> = None;
+            // (cost, interpolated colour) along each direction with anchors on both sides.
+            let mut candidates: Vec<(f32, [f32; 3])> = Vec::with_capacity(DIRECTIONS.len());
             let mut one_sided: Option<(f32, [u8; 3])> = None;
             for &(dx, dy) in &DIRECTIONS {
                 match (find(dx, dy), find(-dx, -dy)) {
@@ -324,14 +329,10 @@ fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
                             .map(|c| f32::from(pa[c].abs_diff(pb[c])))
                             .sum::<f32>()
                             / 3.0;
-                        let cost = disagreement + DISTANCE_COST * (da + db);
-                        if best.is_none_or(|(b, _)| cost < b) {
-                            let t = da / (da + db);
-                            let mix = |c: usize| {
-                                (f32::from(pa[c]) * (1.0 - t) + f32::from(pb[c]) * t).round() as u8
-                            };
-                            best = Some((cost, [mix(0), mix(1), mix(2)]));
-                        }
+                        let t = da / (da + db);
+                        let colour =
+                            [0, 1, 2].map(|c| f32::from(pa[c]) * (1.0 - t) + f32::from(pb[c]) * t);
+                        candidates.push((disagreement + DISTANCE_COST * (da + db), colour));
                     }
                     (Some((d, p)), None) | (None, Some((d, p))) => {
                         if one_sided.is_none_or(|(b, _)| d < b) {
@@ -341,8 +342,21 @@ fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
                     (None, None) => {}
                 }
             }
+            let best_cost = candidates.iter().map(|c| c.0).fold(f32::INFINITY, f32::min);
+            let blended = (!candidates.is_empty()).then(|| {
+                let (mut sum, mut weights) = ([0f32; 3], 0f32);
+                for (cost, colour) in &candidates {
+                    let weight = (-(cost - best_cost) / BLEND_COST).exp();
+                    for (s, v) in sum.iter_mut().zip(colour) {
+                        *s += weight * v;
+                    }
+                    weights += weight;
+                }
+                sum.map(|s| (s / weights).round() as u8)
+            });
             let unbounded = max_gap == u32::MAX;
-            if let Some((_, colour)) = best.or(if unbounded { one_sided } else { None }) {
+            let one_sided = one_sided.filter(|_| unbounded).map(|(_, p)| p);
+            if let Some(colour) = blended.or(one_sided) {
                 filled.push(((y * w + x) as usize, colour));
             }
         }
