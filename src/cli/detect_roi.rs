@@ -16,14 +16,17 @@ use crate::data::marker::remove_outlines;
 use crate::data::roi::{detect, DetectMode, Detection};
 use crate::parallel::ordered_map;
 
-#[derive(clap::Args, Debug)]
-#[command(long_about = "Find the green ROI boxes drawn into images.\n\n\
+/// The long help of `detect-roi` (clap takes it from the subcommand variant in `cli/mod.rs`).
+pub const LONG_ABOUT: &str = "Find the green ROI boxes drawn into images.\n\n\
     Prints one JSON line per image, in input order:\n  \
     {\"image\": PATH, \"width\": W, \"height\": H, \"roi\": [x1,y1,x2,y2] | null,\n   \
     \"rois\": [{\"box\": [x1,y1,x2,y2], \"box_px\": [x,y,w,h], \"confidence\": c}], \"error\": null | MESSAGE}\n\
     `roi` is the largest box, normalised to [0,1] by image width and height; `rois` lists every \
     box found, largest first. A file that cannot be read gets an `error` line and the run goes \
-    on; the exit code is non-zero only for usage errors.")]
+    on; the exit code is non-zero only for usage errors. With --clean, each line also names the \
+    cleaned copy in \"clean\".";
+
+#[derive(clap::Args, Debug)]
 pub struct Args {
     /// Image files (JPEG, PNG, BMP, TIFF) or folders, searched recursively
     #[arg(required = true, value_name = "PATH")]

@@ -24,6 +24,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Find the green ROI boxes drawn into images; one JSON line per image on stdout
+    #[command(long_about = detect_roi::LONG_ABOUT)]
     DetectRoi(detect_roi::Args),
     /// Summarise the bundled sample project (records, fields, detected boxes)
     Sample(sample::Args),

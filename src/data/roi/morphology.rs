@@ -38,43 +38,35 @@ enum Op {
     Dilate,
 }
 
-/// One 1-D pass over `len` samples at `stride`: erosion keeps a pixel when the whole clipped
-/// window is set, dilation when any of it is. Counting set pixels in a sliding window makes the
-/// cost independent of the kernel size.
-fn pass_1d(src: &[u8], dst: &mut [u8], start: usize, len: usize, stride: usize, r: usize, op: Op) {
-    let at = |i: usize| src[start + i * stride] as usize;
-    let mut set = 0usize;
-    for i in 0..len.min(r) {
-        set += at(i);
-    }
-    for i in 0..len {
-        if i + r < len {
-            set += at(i + r);
-        }
-        if i > r {
-            set -= at(i - r - 1);
-        }
-        let lo = i.saturating_sub(r);
-        let hi = (i + r).min(len - 1);
-        let window = hi - lo + 1;
-        dst[start + i * stride] = match op {
-            Op::Erode => u8::from(set == window),
-            Op::Dilate => u8::from(set > 0),
-        };
+/// `dst[i] = op(dst[i], src[i])`; on 0/1 masks AND is the minimum and OR the maximum.
+#[inline]
+fn combine(dst: &mut [u8], src: &[u8], op: Op) {
+    match op {
+        Op::Erode => dst.iter_mut().zip(src).for_each(|(d, &s)| *d &= s),
+        Op::Dilate => dst.iter_mut().zip(src).for_each(|(d, &s)| *d |= s),
     }
 }
 
+/// Both passes combine whole rows with shifted copies of rows, so they vectorise. Samples
+/// beyond the border are simply not combined: the clipped window OpenCV's default border gives.
 fn apply(mask: &Mask, k: usize, op: Op) -> Mask {
     assert!(k % 2 == 1, "kernel size must be odd");
     let r = k / 2;
     let (w, h) = (mask.width, mask.height);
-    let mut tmp = vec![0u8; w * h];
-    for y in 0..h {
-        pass_1d(&mask.data, &mut tmp, y * w, w, 1, r, op);
+    let mut tmp = mask.data.clone();
+    for (src, dst) in mask.data.chunks_exact(w).zip(tmp.chunks_exact_mut(w)) {
+        for d in 1..=r.min(w.saturating_sub(1)) {
+            combine(&mut dst[..w - d], &src[d..], op);
+            combine(&mut dst[d..], &src[..w - d], op);
+        }
     }
     let mut out = vec![0u8; w * h];
-    for x in 0..w {
-        pass_1d(&tmp, &mut out, x, h, w, r, op);
+    for (y, dst) in out.chunks_exact_mut(w).enumerate() {
+        let (lo, hi) = (y.saturating_sub(r), (y + r).min(h - 1));
+        dst.copy_from_slice(&tmp[lo * w..(lo + 1) * w]);
+        for yy in lo + 1..=hi {
+            combine(dst, &tmp[yy * w..(yy + 1) * w], op);
+        }
     }
     Mask::new(w, h, out)
 }
