@@ -920,7 +920,17 @@ impl SideView<'_> {
             .filter(|(_, &s)| s >= threshold)
             .map(|(line, _)| line)
             .collect();
-        (painted[0], *painted.last().unwrap())
+        let (first, last) = (painted[0], *painted.last().expect("the strongest line"));
+        // Where the paint is about as bright as the background on one side, the brightness
+        // step can single out the fringe instead: the band must hold the side's greenest line.
+        let greenest = (lo..=hi)
+            .max_by_key(|&line| self.median_excess(line, &positions))
+            .expect("a non-empty band");
+        if (first..=last).contains(&greenest) {
+            (first, last)
+        } else {
+            self.half_height_band(lo, hi, &refs, &positions)
+        }
     }
 }
 
