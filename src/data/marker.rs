@@ -278,8 +278,10 @@ const DIRECTIONS: [(i64, i64); 8] = [
     (1, 2),
     (1, -2),
 ];
-/// Cost, in grey levels of disagreement between the two anchors, of one pixel of distance.
-const DISTANCE_COST: f32 = 2.0;
+/// Cost, in grey levels of disagreement between the two anchors, of one pixel of distance:
+/// high enough that the short way across the line wins unless a slanted structure makes its
+/// anchors disagree strongly (chosen on six generated sets, see BENCHMARKS.md).
+const DISTANCE_COST: f32 = 10.0;
 /// Directions within a few grey levels of cost of the best are blended (weight
 /// `exp(-extra_cost / BLEND_COST)`): averaging near-equal candidates lowers the noise that a
 /// single pair of anchors carries.
