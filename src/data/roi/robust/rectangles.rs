@@ -1,0 +1,257 @@
+//! Four bars that close a rectangle, and the checks a drawn outline must pass: sides covered,
+//! placed to the pixel, a real inside, and not a letter among letters.
+
+use super::super::{PixelBox, Roi};
+use super::bars::{Bar, END_TOLERANCE};
+use super::planes::Planes;
+use super::sides::{Side, SideView};
+
+/// Smallest accepted rectangle side, outline included: below this, glyphs such as a blocky
+/// "D" or "0" in ultrasound annotations look like boxes.
+pub(super) const MIN_BOX_SIDE: u32 = 12;
+
+/// Fraction of each side that must carry green.
+pub(super) const MIN_COVERAGE: f32 = 0.85;
+
+/// How far, beyond the line width and `END_TOLERANCE`, the ends of four bars may miss each
+/// other at a corner and still close a rectangle, as a fraction of the box width (heavy JPEG
+/// washes the colour out of thin lines near corners), and at most.
+pub(super) const CORNER_SLACK_FRACTION: u32 = 10;
+
+pub(super) const CORNER_SLACK_MAX: u32 = 6;
+
+/// Smallest inside of an outline, in pixels each way: below it, a JPEG-smeared letter.
+pub(super) const MIN_INTERIOR: u32 = 4;
+
+/// Most of the inside of an outline that may be green (a word's letters are not a box).
+pub(super) const MAX_INTERIOR_GREEN: f32 = 0.2;
+
+/// Boxes smaller than this (outline included) must stand apart from other green marks on all
+/// but one side: a letter inside a word has neighbours left and right.
+pub(super) const SMALL_BOX: u32 = 32;
+
+/// Four bars that close a rectangle: `top`/`bottom` horizontal, `left`/`right` vertical.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Candidate {
+    pub(super) top: Bar,
+    pub(super) bottom: Bar,
+    pub(super) left: Bar,
+    pub(super) right: Bar,
+}
+
+pub(super) fn assemble(hbars: &[Bar], vbars: &[Bar]) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for top in hbars {
+        for bottom in hbars {
+            if bottom.lo <= top.hi + 1 {
+                continue;
+            }
+            let slack =
+                (top.length().max(bottom.length()) / CORNER_SLACK_FRACTION).min(CORNER_SLACK_MAX);
+            let tol = END_TOLERANCE + slack + top.thickness().max(bottom.thickness());
+            if top.start.abs_diff(bottom.start) > tol || top.end.abs_diff(bottom.end) > tol {
+                continue;
+            }
+            let x0 = top.start.min(bottom.start);
+            let x1 = top.end.max(bottom.end);
+            let fits_height =
+                |v: &Bar| v.start.abs_diff(top.lo) <= tol && v.end.abs_diff(bottom.hi) <= tol;
+            let misfit = |v: &Bar, edge: u32, x: u32| {
+                edge.abs_diff(x) + v.start.abs_diff(top.lo) + v.end.abs_diff(bottom.hi)
+            };
+            // The few best-fitting bars on each side: the closest fit can be a faint
+            // extension that the coverage check then rejects.
+            const CHOICES: usize = 3;
+            let best = |edge: fn(&Bar) -> u32, x: u32| {
+                let mut fitting: Vec<&Bar> = vbars
+                    .iter()
+                    .filter(|v| fits_height(v) && edge(v).abs_diff(x) <= tol)
+                    .collect();
+                fitting.sort_by_key(|v| misfit(v, edge(v), x));
+                fitting.truncate(CHOICES);
+                fitting
+            };
+            let lefts = best(|v| v.lo, x0);
+            let rights = best(|v| v.hi, x1);
+            for &&left in &lefts {
+                for &&right in &rights {
+                    if right.lo > left.hi + 1 {
+                        out.push(Candidate {
+                            top: *top,
+                            bottom: *bottom,
+                            left,
+                            right,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A candidate whose sides are all covered: its rough outer box (from the bars) and the
+/// smallest side coverage, which is its confidence.
+pub(super) struct Scored {
+    pub(super) candidate: Candidate,
+    pub(super) rough: PixelBox,
+    pub(super) coverage: f32,
+}
+
+/// Checks size and side coverage, the cheap tests, before any side is placed exactly.
+pub(super) fn score(planes: &Planes, c: Candidate) -> Option<Scored> {
+    let view = |side| SideView { planes, side };
+    let x0 = c.left.lo.min(c.top.start).min(c.bottom.start);
+    let x1 = c.right.hi.max(c.top.end).max(c.bottom.end);
+    let y0 = c.top.lo.min(c.left.start).min(c.right.start);
+    let y1 = c.bottom.hi.max(c.left.end).max(c.right.end);
+    if x1 - x0 + 1 < MIN_BOX_SIDE || y1 - y0 + 1 < MIN_BOX_SIDE {
+        return None;
+    }
+    let sides = [
+        (Side::Top, c.top, x0, x1),
+        (Side::Right, c.right, y0, y1),
+        (Side::Bottom, c.bottom, x0, x1),
+        (Side::Left, c.left, y0, y1),
+    ];
+    let mut coverage = f32::INFINITY;
+    for (side, bar, a0, a1) in sides {
+        coverage = coverage.min(view(side).coverage(bar.lo, bar.hi, a0, a1));
+        if coverage < MIN_COVERAGE {
+            return None;
+        }
+    }
+    Some(Scored {
+        candidate: c,
+        rough: PixelBox {
+            x0,
+            y0,
+            x1: x1 + 1,
+            y1: y1 + 1,
+        },
+        coverage,
+    })
+}
+
+/// Places each side of a covered candidate exactly and checks what a drawn box must be.
+pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi> {
+    let c = scored.candidate;
+    let min_coverage = scored.coverage;
+    let view = |side| SideView { planes, side };
+    let (top, right, bottom, left) = (
+        view(Side::Top),
+        view(Side::Right),
+        view(Side::Bottom),
+        view(Side::Left),
+    );
+    // Measure each side between the other two, clear of the corners.
+    let (hx0, hx1) = (c.left.hi + 2, c.right.lo.saturating_sub(2));
+    let (vy0, vy1) = (c.top.hi + 2, c.bottom.lo.saturating_sub(2));
+    let refine_or_keep = |v: &SideView, b: Bar, a0: u32, a1: u32| {
+        if a1 > a0 {
+            v.refine(b.lo, b.hi, a0, a1)
+        } else {
+            (b.lo, b.hi)
+        }
+    };
+    let (t_lo, t_hi) = refine_or_keep(&top, c.top, hx0, hx1);
+    let (b_lo, b_hi) = refine_or_keep(&bottom, c.bottom, hx0, hx1);
+    let (l_lo, l_hi) = refine_or_keep(&left, c.left, vy0, vy1);
+    let (r_lo, r_hi) = refine_or_keep(&right, c.right, vy0, vy1);
+    if b_lo <= t_hi + 1
+        || r_lo <= l_hi + 1
+        || r_hi + 1 - l_lo < MIN_BOX_SIDE
+        || b_hi + 1 - t_lo < MIN_BOX_SIDE
+    {
+        return None;
+    }
+    let bbox = PixelBox {
+        x0: l_lo,
+        y0: t_lo,
+        x1: r_hi + 1,
+        y1: b_hi + 1,
+    };
+    let inside = PixelBox {
+        x0: l_hi + 1,
+        y0: t_hi + 1,
+        x1: r_lo,
+        y1: b_lo,
+    };
+    if inside.width() < MIN_INTERIOR || inside.height() < MIN_INTERIOR {
+        return None;
+    }
+    if green_fraction(planes, &shrink(&inside, 2)) > MAX_INTERIOR_GREEN {
+        return None;
+    }
+    if bbox.width().max(bbox.height()) < SMALL_BOX && crowded_sides(planes, &bbox) >= 2 {
+        return None;
+    }
+    Some(Roi {
+        bbox,
+        confidence: Some(min_coverage),
+        line: Some([
+            t_hi - t_lo + 1,
+            r_hi - r_lo + 1,
+            b_hi - b_lo + 1,
+            l_hi - l_lo + 1,
+        ]),
+    })
+}
+
+pub(super) fn shrink(b: &PixelBox, by: u32) -> PixelBox {
+    let x0 = (b.x0 + by).min(b.x1);
+    let y0 = (b.y0 + by).min(b.y1);
+    PixelBox {
+        x0,
+        y0,
+        x1: b.x1.saturating_sub(by).max(x0),
+        y1: b.y1.saturating_sub(by).max(y0),
+    }
+}
+
+/// Fraction of the pixels of `b` that are clearly green (0 for an empty box).
+pub(super) fn green_fraction(planes: &Planes, b: &PixelBox) -> f32 {
+    let area = b.area();
+    if area == 0 {
+        return 0.0;
+    }
+    planes.green_count(b) as f32 / area as f32
+}
+
+/// How many sides of `b` have other green marks close outside: a strip from 2 to 6 pixels
+/// beyond the outline, along the side, more than a tenth green.
+pub(super) fn crowded_sides(planes: &Planes, b: &PixelBox) -> usize {
+    const NEAR: u32 = 2;
+    const FAR: u32 = 6;
+    let (w, h) = (planes.width, planes.height);
+    let strips = [
+        PixelBox {
+            x0: b.x0,
+            x1: b.x1,
+            y0: b.y0.saturating_sub(FAR),
+            y1: b.y0.saturating_sub(NEAR),
+        },
+        PixelBox {
+            x0: b.x0,
+            x1: b.x1,
+            y0: (b.y1 + NEAR).min(h),
+            y1: (b.y1 + FAR).min(h),
+        },
+        PixelBox {
+            x0: b.x0.saturating_sub(FAR),
+            x1: b.x0.saturating_sub(NEAR),
+            y0: b.y0,
+            y1: b.y1,
+        },
+        PixelBox {
+            x0: (b.x1 + NEAR).min(w),
+            x1: (b.x1 + FAR).min(w),
+            y0: b.y0,
+            y1: b.y1,
+        },
+    ];
+    strips
+        .iter()
+        .filter(|s| green_fraction(planes, s) > 0.1)
+        .count()
+}
