@@ -332,6 +332,34 @@ fn clean_writes_marker_free_copies() {
 }
 
 #[test]
+fn clean_names_that_collide_are_reported_and_the_image_still_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let img = boxed_image(120, 90, [10, 10, 80, 70], 2);
+    img.save(input.join("a.png")).unwrap();
+    img.save_with_format(input.join("a.bmp"), image::ImageFormat::Bmp)
+        .unwrap();
+    let out = roiscope()
+        .args(["detect-roi", "--clean"])
+        .arg(dir.path().join("clean"))
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v = lines(&out);
+    assert_eq!(v.len(), 2);
+    // a.bmp comes first and writes a.png; a.png is still detected, its copy not written.
+    assert!(v[0]["clean"].as_str().unwrap().ends_with("a.png"));
+    assert_eq!(
+        v[1]["rois"][0]["box_px"],
+        serde_json::json!([10, 10, 70, 60])
+    );
+    let err = v[1]["error"].as_str().unwrap();
+    assert!(err.contains("another input already writes"), "{err}");
+}
+
+#[test]
 fn broken_pipe_is_not_an_error() {
     let dir = tempfile::tempdir().unwrap();
     for i in 0..50 {

@@ -115,7 +115,8 @@ impl Line {
 struct Job {
     input: Result<InputFile, String>,
     shown: String,
-    clean_to: Option<PathBuf>,
+    /// Where the cleaned copy goes, or why it cannot (another input already writes there).
+    clean_to: Option<Result<PathBuf, String>>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -202,22 +203,20 @@ fn plan_jobs(args: &Args) -> Vec<Job> {
                 let clean_to = args.clean.as_ref().map(|dir| {
                     let mut target = dir.join(&input.relative);
                     target.set_extension("png");
-                    target
+                    if taken.insert(target.clone()) {
+                        Ok(target)
+                    } else {
+                        Err(format!(
+                            "cleaned copy not written: another input already writes {} \
+                             (rename one of them)",
+                            target.display()
+                        ))
+                    }
                 });
-                match clean_to {
-                    Some(t) if !taken.insert(t.clone()) => Job {
-                        shown,
-                        input: Err(format!(
-                            "another input already writes {} (rename one of them)",
-                            t.display()
-                        )),
-                        clean_to: None,
-                    },
-                    clean_to => Job {
-                        shown,
-                        input: Ok(input),
-                        clean_to,
-                    },
+                Job {
+                    shown,
+                    input: Ok(input),
+                    clean_to,
                 }
             }
         })
@@ -235,12 +234,16 @@ fn process(job: &Job, mode: DetectMode, opts: LoadOptions) -> Line {
     };
     let detection = detect(&img, mode);
     let mut line = Line::from_detection(job.shown.clone(), &detection);
-    if let Some(target) = &job.clean_to {
-        remove_outlines(&mut img, &detection.rois);
-        match save_png(&img, target) {
-            Ok(()) => line.clean = Some(target.to_string_lossy().into_owned()),
-            Err(e) => line.error = Some(format!("cannot write cleaned image: {e:#}")),
+    match &job.clean_to {
+        Some(Ok(target)) => {
+            remove_outlines(&mut img, &detection.rois);
+            match save_png(&img, target) {
+                Ok(()) => line.clean = Some(target.to_string_lossy().into_owned()),
+                Err(e) => line.error = Some(format!("cannot write cleaned image: {e:#}")),
+            }
         }
+        Some(Err(why)) => line.error = Some(why.clone()),
+        None => {}
     }
     line
 }
