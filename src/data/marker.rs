@@ -34,8 +34,7 @@ pub struct CleanStats {
 
 const KNOWN: u8 = 0;
 const HOLE: u8 = 1;
-const TINTED: u8 = 2;
-const FILLED: u8 = 3;
+const FILLED: u8 = 2;
 
 /// One side of an outline: lines `lo..=hi` across it, positions `a0..a1` along it.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +59,15 @@ pub fn remove_outlines(img: &mut RgbImage, rois: &[Roi]) -> CleanStats {
             continue;
         };
         let b = roi.bbox;
+        // Lines must exist and fit inside the box; anything else is not an outline to remove.
+        let fits = lt.min(lr).min(lb).min(ll) > 0
+            && b.x1 <= w
+            && b.y1 <= h
+            && lt + lb <= b.height()
+            && ll + lr <= b.width();
+        if !fits {
+            continue;
+        }
         sides.extend([
             SideBand {
                 horizontal: true,
@@ -110,10 +118,13 @@ pub fn remove_outlines(img: &mut RgbImage, rois: &[Roi]) -> CleanStats {
     let grey = is_grey_image(img, &state);
     for s in &sides {
         let (out, inside) = tint_margins(img, s, &state);
+        // Tinted pixels are filled like the paint: restoring their own luminance (exact in
+        // theory for a grey image) keeps JPEG's ringing beside the bright line, and measured
+        // worse.
         let mut mark = |from: u32, to: u32| {
             for_each_pixel(s, from, to, w, h, |i| {
                 if state[i] == KNOWN {
-                    state[i] = TINTED;
+                    state[i] = HOLE;
                     stats.tinted_pixels += 1;
                 }
             })
@@ -132,13 +143,6 @@ pub fn remove_outlines(img: &mut RgbImage, rois: &[Roi]) -> CleanStats {
             } else if s.outward > 0 && s.lo > 0 {
                 mark(s.lo.saturating_sub(inside), s.lo - 1);
             }
-        }
-    }
-    // Tinted pixels are filled like the paint: restoring their own luminance (exact in theory
-    // for a grey image) keeps JPEG's ringing beside the bright line, and measured worse.
-    for st in state.iter_mut() {
-        if *st == TINTED {
-            *st = HOLE;
         }
     }
     // Sides first (short gaps across the line), then whatever is left (corners, crossings).
@@ -441,6 +445,40 @@ mod tests {
                 assert!(spread <= 12, "colour left at ({x}, {y}): {p:?}");
             }
         }
+    }
+
+    #[test]
+    fn boxes_whose_lines_do_not_fit_are_left_alone() {
+        let (img, _) = painted_jpeg(64, 64, [10, 10, 50, 50], 1);
+        let bbox = crate::data::roi::PixelBox {
+            x0: 10,
+            y0: 10,
+            x1: 50,
+            y1: 50,
+        };
+        for line in [[0, 1, 1, 1], [30, 1, 30, 1], [1, 1, 1, 41]] {
+            let mut copy = img.clone();
+            let roi = Roi {
+                bbox,
+                confidence: None,
+                line: Some(line),
+            };
+            assert_eq!(remove_outlines(&mut copy, &[roi]), CleanStats::default());
+            assert_eq!(copy, img);
+        }
+        let outside = crate::data::roi::PixelBox {
+            x0: 40,
+            y0: 40,
+            x1: 90,
+            y1: 90,
+        };
+        let roi = Roi {
+            bbox: outside,
+            confidence: None,
+            line: Some([1, 1, 1, 1]),
+        };
+        let mut copy = img.clone();
+        assert_eq!(remove_outlines(&mut copy, &[roi]), CleanStats::default());
     }
 
     #[test]
