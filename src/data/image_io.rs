@@ -118,7 +118,7 @@ fn decode_jpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadErr
 
     let err = |e: zune_jpeg::errors::DecodeErrors| ImageLoadError::Decode {
         format: "JPEG",
-        detail: e.to_string(),
+        detail: e.to_string().trim().to_string(),
     };
     let options = DecoderOptions::default()
         .set_strict_mode(true)
@@ -164,7 +164,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, Imag
     });
     let pixels = match decoded {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return Err(err(e.to_string())),
+        Ok(Err(e)) => return Err(err(e.to_string().trim().to_string())),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
@@ -197,7 +197,7 @@ fn jpeg_header(
         .decode_headers()
         .map_err(|e| ImageLoadError::Decode {
             format: "JPEG",
-            detail: e.to_string(),
+            detail: e.to_string().trim().to_string(),
         })?;
     let (w, h) = decoder.dimensions().ok_or(ImageLoadError::ZeroSize)?;
     let orientation = decoder
@@ -226,7 +226,7 @@ fn decode_png(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadErro
 
     let err = |e: zune_png::error::PngDecodeErrors| ImageLoadError::Decode {
         format: "PNG",
-        detail: e.to_string(),
+        detail: e.to_string().trim().to_string(),
     };
     let options = DecoderOptions::default()
         .set_max_width(usize::MAX)
@@ -275,11 +275,11 @@ fn decode_generic(
     let err = |e: image::ImageError| match e {
         image::ImageError::IoError(io) => ImageLoadError::Decode {
             format: name,
-            detail: io.to_string(),
+            detail: io.to_string().trim().to_string(),
         },
         other => ImageLoadError::Decode {
             format: name,
-            detail: other.to_string(),
+            detail: other.to_string().trim().to_string(),
         },
     };
     let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
