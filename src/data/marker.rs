@@ -68,39 +68,20 @@ pub fn remove_outlines(img: &mut RgbImage, rois: &[Roi]) -> CleanStats {
         if !fits {
             continue;
         }
+        // Horizontal sides run along x, vertical ones along y.
+        let band = |horizontal: bool, lo: u32, hi: u32, outward: i64| SideBand {
+            horizontal,
+            lo,
+            hi,
+            a0: if horizontal { b.x0 } else { b.y0 },
+            a1: if horizontal { b.x1 } else { b.y1 },
+            outward,
+        };
         sides.extend([
-            SideBand {
-                horizontal: true,
-                lo: b.y0,
-                hi: b.y0 + lt - 1,
-                a0: b.x0,
-                a1: b.x1,
-                outward: -1,
-            },
-            SideBand {
-                horizontal: true,
-                lo: b.y1 - lb,
-                hi: b.y1 - 1,
-                a0: b.x0,
-                a1: b.x1,
-                outward: 1,
-            },
-            SideBand {
-                horizontal: false,
-                lo: b.x0,
-                hi: b.x0 + ll - 1,
-                a0: b.y0,
-                a1: b.y1,
-                outward: -1,
-            },
-            SideBand {
-                horizontal: false,
-                lo: b.x1 - lr,
-                hi: b.x1 - 1,
-                a0: b.y0,
-                a1: b.y1,
-                outward: 1,
-            },
+            band(true, b.y0, b.y0 + lt - 1, -1),
+            band(true, b.y1 - lb, b.y1 - 1, 1),
+            band(false, b.x0, b.x0 + ll - 1, -1),
+            band(false, b.x1 - lr, b.x1 - 1, 1),
         ]);
     }
     let mut stats = CleanStats::default();
