@@ -6,16 +6,16 @@ use super::planes::Planes;
 use super::sides::{Side, SideView};
 
 /// Longest gap, in pixels, bridged inside one straight run.
-pub(super) const MAX_GAP: u32 = 2;
+const MAX_GAP: u32 = 2;
 
 /// Shortest run kept for grouping; short pieces of a side broken by a crossing line still count.
-pub(super) const MIN_RUN: u32 = 3;
+const MIN_RUN: u32 = 3;
 
 /// Longest gap between two pieces of one side (a crossing line, a dropout), in pixels, and as
 /// a fraction of the pieces' joint length; the coverage check later bounds the total.
-pub(super) const MAX_BAR_GAP: u32 = 6;
+const MAX_BAR_GAP: u32 = 6;
 
-pub(super) const MAX_BAR_GAP_FRACTION: f32 = 0.15;
+const MAX_BAR_GAP_FRACTION: f32 = 0.15;
 
 /// Shortest straight piece that can be a side.
 pub(super) const MIN_SIDE: u32 = 8;
@@ -27,9 +27,9 @@ pub(super) const END_TOLERANCE: u32 = 3;
 /// vertical ones), from `start` to `end` inclusive.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Run {
-    pub(super) pos: u32,
-    pub(super) start: u32,
-    pub(super) end: u32,
+    pos: u32,
+    start: u32,
+    end: u32,
 }
 
 /// Several runs on consecutive lines with matching ends: one side of an outline, seen along
@@ -191,7 +191,7 @@ pub(super) fn group_runs(runs: Vec<Run>) -> Vec<Bar> {
 /// Pieces of one side become one bar: pieces on the same lines separated by a short gap (a
 /// crossing line), and pieces lying side by side along most of their length (JPEG's faint
 /// colour fringe beside a line, whose ends are ragged).
-pub(super) fn merge_bars(mut bars: Vec<Bar>) -> Vec<Bar> {
+fn merge_bars(mut bars: Vec<Bar>) -> Vec<Bar> {
     // Beyond this many pieces the picture is noise, not outlines; merging would only cost time.
     const MAX_PIECES: usize = 4000;
     if bars.len() > MAX_PIECES {

@@ -6,16 +6,16 @@ use image::RgbImage;
 use super::super::PixelBox;
 
 /// Smallest green excess `g - max(r, b)` that marks a pixel as possibly painted.
-pub(super) const GREEN_MIN: u8 = 20;
+const GREEN_MIN: u8 = 20;
 
 /// Shift towards green, against the pixels two steps away across a line, that marks a thin line
 /// over colour (see `green_masks`).
-pub(super) const SHIFT_MIN: i32 = 25;
+const SHIFT_MIN: i32 = 25;
 
 pub(super) struct Planes<'a> {
     pub(super) width: u32,
     pub(super) height: u32,
-    pub(super) rgb: &'a [u8],
+    rgb: &'a [u8],
     /// 1 where the pixel is green as part of a horizontal line (see `green_masks`).
     pub(super) green_h: Vec<u8>,
     /// 1 where the pixel is green as part of a vertical line.
@@ -26,10 +26,10 @@ pub(super) struct Planes<'a> {
 /// costs more in page faults than filling them does.
 #[derive(Default)]
 pub(super) struct Scratch {
-    pub(super) g_r: Vec<i16>,
-    pub(super) g_b: Vec<i16>,
-    pub(super) green_h: Vec<u8>,
-    pub(super) green_v: Vec<u8>,
+    g_r: Vec<i16>,
+    g_b: Vec<i16>,
+    green_h: Vec<u8>,
+    green_v: Vec<u8>,
 }
 
 thread_local! {
@@ -38,7 +38,7 @@ thread_local! {
 
 /// `v` with exactly `n` elements, reusing its allocation; old contents are left in place, for
 /// callers that overwrite every element.
-pub(super) fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+fn sized<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
     v.resize(n, T::default());
     v
 }
@@ -129,13 +129,7 @@ impl<'a> Planes<'a> {
 /// for horizontal lines) or left and right (second, for vertical lines). The shift finds a thin
 /// line whose colour JPEG has mixed with a red or orange background; a white or grey line over
 /// colour shifts away from green and is not taken.
-pub(super) fn green_masks(
-    img: &RgbImage,
-    g_r: &mut [i16],
-    g_b: &mut [i16],
-    rows: &mut [u8],
-    cols: &mut [u8],
-) {
+fn green_masks(img: &RgbImage, g_r: &mut [i16], g_b: &mut [i16], rows: &mut [u8], cols: &mut [u8]) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -151,7 +145,7 @@ pub(super) fn green_masks(
 /// vectorise several times wider than with the baseline SSE2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn green_masks_avx2(
+unsafe fn green_masks_avx2(
     rgb: &[u8],
     w: usize,
     h: usize,
@@ -166,7 +160,7 @@ pub(super) unsafe fn green_masks_avx2(
 }
 
 /// Per pixel `g - r` and `g - b`, into slices of one element per pixel.
-pub(super) fn colour_differences(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) {
+fn colour_differences(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) {
     for ((p, gr), gb) in rgb.chunks_exact(3).zip(g_r).zip(g_b) {
         *gr = i16::from(p[1]) - i16::from(p[0]);
         *gb = i16::from(p[1]) - i16::from(p[2]);
@@ -177,7 +171,7 @@ pub(super) fn colour_differences(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) {
 /// channel, widening subtractions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "ssse3,sse4.1")]
-pub(super) unsafe fn colour_differences_ssse3(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) {
+unsafe fn colour_differences_ssse3(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) {
     use std::arch::x86_64::*;
     let n = rgb.len() / 3;
     assert!(g_r.len() == n && g_b.len() == n, "one difference per pixel");
@@ -240,7 +234,7 @@ pub(super) unsafe fn colour_differences_ssse3(rgb: &[u8], g_r: &mut [i16], g_b: 
 
 /// Both masks from the colour differences (see [`green_masks`]).
 #[inline(always)]
-pub(super) fn masks_from_differences(
+fn masks_from_differences(
     w: usize,
     h: usize,
     g_r: &[i16],
@@ -282,7 +276,7 @@ pub(super) fn masks_from_differences(
 /// One row of both masks (see [`green_masks`]): `gr`/`gb` are g - r and g - b on the row,
 /// `gr_ud`/`gb_ud` on the rows two above and two below.
 #[inline(always)]
-pub(super) fn mask_row(
+fn mask_row(
     gr: &[i16],
     gb: &[i16],
     gr_ud: [&[i16]; 2],

@@ -8,35 +8,35 @@ use super::sides::{Side, SideView};
 
 /// Smallest accepted rectangle side, outline included: below this, glyphs such as a blocky
 /// "D" or "0" in ultrasound annotations look like boxes.
-pub(super) const MIN_BOX_SIDE: u32 = 12;
+const MIN_BOX_SIDE: u32 = 12;
 
 /// Fraction of each side that must carry green.
-pub(super) const MIN_COVERAGE: f32 = 0.85;
+const MIN_COVERAGE: f32 = 0.85;
 
 /// How far, beyond the line width and `END_TOLERANCE`, the ends of four bars may miss each
 /// other at a corner and still close a rectangle, as a fraction of the box width (heavy JPEG
 /// washes the colour out of thin lines near corners), and at most.
-pub(super) const CORNER_SLACK_FRACTION: u32 = 10;
+const CORNER_SLACK_FRACTION: u32 = 10;
 
-pub(super) const CORNER_SLACK_MAX: u32 = 6;
+const CORNER_SLACK_MAX: u32 = 6;
 
 /// Smallest inside of an outline, in pixels each way: below it, a JPEG-smeared letter.
-pub(super) const MIN_INTERIOR: u32 = 4;
+const MIN_INTERIOR: u32 = 4;
 
 /// Most of the inside of an outline that may be green (a word's letters are not a box).
-pub(super) const MAX_INTERIOR_GREEN: f32 = 0.2;
+const MAX_INTERIOR_GREEN: f32 = 0.2;
 
 /// Boxes smaller than this (outline included) must stand apart from other green marks on all
 /// but one side: a letter inside a word has neighbours left and right.
-pub(super) const SMALL_BOX: u32 = 32;
+const SMALL_BOX: u32 = 32;
 
 /// Four bars that close a rectangle: `top`/`bottom` horizontal, `left`/`right` vertical.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Candidate {
-    pub(super) top: Bar,
-    pub(super) bottom: Bar,
-    pub(super) left: Bar,
-    pub(super) right: Bar,
+    top: Bar,
+    bottom: Bar,
+    left: Bar,
+    right: Bar,
 }
 
 pub(super) fn assemble(hbars: &[Bar], vbars: &[Bar]) -> Vec<Candidate> {
@@ -93,7 +93,7 @@ pub(super) fn assemble(hbars: &[Bar], vbars: &[Bar]) -> Vec<Candidate> {
 /// A candidate whose sides are all covered: its rough outer box (from the bars) and the
 /// smallest side coverage, which is its confidence.
 pub(super) struct Scored {
-    pub(super) candidate: Candidate,
+    candidate: Candidate,
     pub(super) rough: PixelBox,
     pub(super) coverage: f32,
 }
@@ -198,7 +198,7 @@ pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi>
     })
 }
 
-pub(super) fn shrink(b: &PixelBox, by: u32) -> PixelBox {
+fn shrink(b: &PixelBox, by: u32) -> PixelBox {
     let x0 = (b.x0 + by).min(b.x1);
     let y0 = (b.y0 + by).min(b.y1);
     PixelBox {
@@ -210,7 +210,7 @@ pub(super) fn shrink(b: &PixelBox, by: u32) -> PixelBox {
 }
 
 /// Fraction of the pixels of `b` that are clearly green (0 for an empty box).
-pub(super) fn green_fraction(planes: &Planes, b: &PixelBox) -> f32 {
+fn green_fraction(planes: &Planes, b: &PixelBox) -> f32 {
     let area = b.area();
     if area == 0 {
         return 0.0;
@@ -220,7 +220,7 @@ pub(super) fn green_fraction(planes: &Planes, b: &PixelBox) -> f32 {
 
 /// How many sides of `b` have other green marks close outside: a strip from 2 to 6 pixels
 /// beyond the outline, along the side, more than a tenth green.
-pub(super) fn crowded_sides(planes: &Planes, b: &PixelBox) -> usize {
+fn crowded_sides(planes: &Planes, b: &PixelBox) -> usize {
     const NEAR: u32 = 2;
     const FAR: u32 = 6;
     let (w, h) = (planes.width, planes.height);

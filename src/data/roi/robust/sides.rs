@@ -4,13 +4,13 @@
 use super::planes::Planes;
 
 /// A weak excess that still counts along a thin ridge (see `SideView::ridge_green`).
-pub(super) const WEAK_GREEN_MIN: u8 = 6;
+const WEAK_GREEN_MIN: u8 = 6;
 
 /// How much greener a faint line must be than the pixels two steps to either side.
-pub(super) const RIDGE_MIN: i32 = 4;
+const RIDGE_MIN: i32 = 4;
 
 /// Luminance step (in grey levels) below which a side's rows are not told apart by brightness.
-pub(super) const MIN_CONTRAST: u32 = 12;
+const MIN_CONTRAST: u32 = 12;
 
 /// Which side of the rectangle a band belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,21 +34,21 @@ pub(super) struct SideView<'a> {
 }
 
 impl SideView<'_> {
-    pub(super) fn across_len(&self) -> u32 {
+    fn across_len(&self) -> u32 {
         if self.side.horizontal() {
             self.planes.height
         } else {
             self.planes.width
         }
     }
-    pub(super) fn xy(&self, along: u32, across: u32) -> (u32, u32) {
+    fn xy(&self, along: u32, across: u32) -> (u32, u32) {
         if self.side.horizontal() {
             (along, across)
         } else {
             (across, along)
         }
     }
-    pub(super) fn green(&self, along: u32, across: u32) -> bool {
+    fn green(&self, along: u32, across: u32) -> bool {
         let (x, y) = self.xy(along, across);
         self.planes.green_in(self.side.horizontal(), x, y)
     }
@@ -66,17 +66,17 @@ impl SideView<'_> {
         e >= self.excess(along, across - 2) + RIDGE_MIN
             && e >= self.excess(along, across + 2) + RIDGE_MIN
     }
-    pub(super) fn luma(&self, along: u32, across: u32) -> i32 {
+    fn luma(&self, along: u32, across: u32) -> i32 {
         let (x, y) = self.xy(along, across);
         self.planes.luma(x, y)
     }
-    pub(super) fn excess(&self, along: u32, across: u32) -> i32 {
+    fn excess(&self, along: u32, across: u32) -> i32 {
         let (x, y) = self.xy(along, across);
         self.planes.excess(x, y)
     }
 
     /// Median over positions of the green excess on line `across`.
-    pub(super) fn median_excess(&self, across: u32, positions: &[u32]) -> i32 {
+    fn median_excess(&self, across: u32, positions: &[u32]) -> i32 {
         let mut v: Vec<i32> = positions.iter().map(|&a| self.excess(a, across)).collect();
         let mid = v.len() / 2;
         *v.select_nth_unstable(mid).1
@@ -84,13 +84,7 @@ impl SideView<'_> {
 
     /// Without a brightness step, the paint's edge is where the colour crosses half-way from
     /// the background to the line's plateau (JPEG blurs colour symmetrically about the edge).
-    pub(super) fn half_height_band(
-        &self,
-        lo: u32,
-        hi: u32,
-        refs: &[u32],
-        positions: &[u32],
-    ) -> (u32, u32) {
+    fn half_height_band(&self, lo: u32, hi: u32, refs: &[u32], positions: &[u32]) -> (u32, u32) {
         let profile: Vec<i32> = (lo..=hi)
             .map(|line| self.median_excess(line, positions))
             .collect();
@@ -111,7 +105,7 @@ impl SideView<'_> {
     }
 
     /// Fraction of positions along `[a0, a1]` whose pixel on line `across` is green.
-    pub(super) fn green_fraction(&self, across: u32, a0: u32, a1: u32) -> f32 {
+    fn green_fraction(&self, across: u32, a0: u32, a1: u32) -> f32 {
         let n = (a0..=a1).filter(|&a| self.green(a, across)).count();
         n as f32 / (a1 - a0 + 1) as f32
     }
@@ -126,7 +120,7 @@ impl SideView<'_> {
     }
 
     /// Median over positions of |luma(line) - luma(reference line)|.
-    pub(super) fn median_step(&self, line: u32, reference: u32, positions: &[u32]) -> u32 {
+    fn median_step(&self, line: u32, reference: u32, positions: &[u32]) -> u32 {
         let mut d: Vec<u32> = positions
             .iter()
             .map(|&a| self.luma(a, line).abs_diff(self.luma(a, reference)))
@@ -152,7 +146,7 @@ impl SideView<'_> {
         (first, end)
     }
 
-    pub(super) fn place(&self, lo: u32, hi: u32, a0: u32, a1: u32) -> (u32, u32) {
+    fn place(&self, lo: u32, hi: u32, a0: u32, a1: u32) -> (u32, u32) {
         let last = self.across_len() - 1;
         let (mut lo, mut hi) = (lo, hi);
         // Take in neighbouring lines that are still green along most of the side.
