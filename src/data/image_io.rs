@@ -109,6 +109,34 @@ fn check_size(width: u32, height: u32, opts: LoadOptions) -> Result<(), ImageLoa
     Ok(())
 }
 
+/// A decoder's complaint about `format` data, as the user sees it.
+fn decode_error(format: &'static str, detail: impl std::fmt::Display) -> ImageLoadError {
+    ImageLoadError::Decode {
+        format,
+        detail: detail.to_string().trim().to_string(),
+    }
+}
+
+/// Wraps decoded RGB bytes, which must be exactly `w * h * 3` of them.
+fn rgb_image(
+    format: &'static str,
+    w: u32,
+    h: u32,
+    pixels: Vec<u8>,
+) -> Result<RgbImage, ImageLoadError> {
+    RgbImage::from_raw(w, h, pixels)
+        .ok_or_else(|| decode_error(format, "decoder returned a buffer of the wrong size"))
+}
+
+/// The EXIF orientation of a JPEG whose headers zune has read.
+fn jpeg_orientation<T: zune_core::bytestream::ZByteReaderTrait>(
+    decoder: &zune_jpeg::JpegDecoder<T>,
+) -> Option<image::metadata::Orientation> {
+    decoder
+        .exif()
+        .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif))
+}
+
 /// JPEG goes straight to zune-jpeg in strict mode: the lenient mode that `image` uses would
 /// quietly return a half-grey picture for a truncated file.
 fn decode_jpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
@@ -116,10 +144,7 @@ fn decode_jpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadErr
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;
 
-    let err = |e: zune_jpeg::errors::DecodeErrors| ImageLoadError::Decode {
-        format: "JPEG",
-        detail: e.to_string().trim().to_string(),
-    };
+    let err = |e: zune_jpeg::errors::DecodeErrors| decode_error("JPEG", e);
     let options = DecoderOptions::default()
         .set_strict_mode(true)
         .set_max_width(usize::MAX)
@@ -131,25 +156,19 @@ fn decode_jpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadErr
     let (w, h) = (w as u32, h as u32);
     check_size(w, h, opts)?;
     let pixels = decoder.decode().map_err(err)?;
-    let orientation = decoder
-        .exif()
-        .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif));
-    let img = RgbImage::from_raw(w, h, pixels).ok_or_else(|| ImageLoadError::Decode {
-        format: "JPEG",
-        detail: "decoder returned a buffer of the wrong size".into(),
-    })?;
+    let orientation = jpeg_orientation(&decoder);
+    let img = rgb_image("JPEG", w, h, pixels)?;
     Ok(oriented(img, orientation))
 }
 
 /// Decodes with libjpeg-turbo's decoder, as OpenCV does (islow IDCT, fancy upsampling).
 /// libjpeg pads a truncated file with grey and only warns; roiscope refuses it instead.
 fn decode_jpeg_libjpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
-    let err = |detail: String| ImageLoadError::Decode {
-        format: "JPEG",
-        detail,
-    };
     if !ends_with_eoi(bytes) {
-        return Err(err("the file ends before the end-of-image marker".into()));
+        return Err(decode_error(
+            "JPEG",
+            "the file ends before the end-of-image marker",
+        ));
     }
     // The JPEG header is read with zune first: it rejects oversized images before libjpeg
     // allocates anything, and handles EXIF orientation the same way for both decoders.
@@ -164,19 +183,17 @@ fn decode_jpeg_libjpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, Imag
     });
     let pixels = match decoded {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return Err(err(e.to_string().trim().to_string())),
+        Ok(Err(e)) => return Err(decode_error("JPEG", e)),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "libjpeg failed".into());
-            return Err(err(msg));
+            return Err(decode_error("JPEG", msg));
         }
     };
-    let img = RgbImage::from_raw(w, h, pixels)
-        .ok_or_else(|| err("decoder returned a buffer of the wrong size".into()))?;
-    Ok(oriented(img, orientation))
+    Ok(oriented(rgb_image("JPEG", w, h, pixels)?, orientation))
 }
 
 /// Whether the data ends in an EOI marker (`FF D9`), allowing trailing padding bytes.
@@ -195,15 +212,9 @@ fn jpeg_header(
     let mut decoder = zune_jpeg::JpegDecoder::new(ZCursor::new(bytes));
     decoder
         .decode_headers()
-        .map_err(|e| ImageLoadError::Decode {
-            format: "JPEG",
-            detail: e.to_string().trim().to_string(),
-        })?;
+        .map_err(|e| decode_error("JPEG", e))?;
     let (w, h) = decoder.dimensions().ok_or(ImageLoadError::ZeroSize)?;
-    let orientation = decoder
-        .exif()
-        .and_then(|exif| image::metadata::Orientation::from_exif_chunk(exif));
-    Ok((w as u32, h as u32, orientation))
+    Ok((w as u32, h as u32, jpeg_orientation(&decoder)))
 }
 
 fn oriented(img: RgbImage, orientation: Option<image::metadata::Orientation>) -> RgbImage {
@@ -224,10 +235,7 @@ fn decode_png(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadErro
     use zune_core::colorspace::ColorSpace;
     use zune_core::options::DecoderOptions;
 
-    let err = |e: zune_png::error::PngDecodeErrors| ImageLoadError::Decode {
-        format: "PNG",
-        detail: e.to_string().trim().to_string(),
-    };
+    let err = |e: zune_png::error::PngDecodeErrors| decode_error("PNG", e);
     let options = DecoderOptions::default()
         .set_max_width(usize::MAX)
         .set_max_height(usize::MAX)
@@ -251,16 +259,13 @@ fn decode_png(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadErro
             .flat_map(|p| [p[0], p[0], p[0]])
             .collect(),
         other => {
-            return Err(ImageLoadError::Decode {
-                format: "PNG",
-                detail: format!("unsupported colour type {other:?}"),
-            })
+            return Err(decode_error(
+                "PNG",
+                format!("unsupported colour type {other:?}"),
+            ))
         }
     };
-    RgbImage::from_raw(w, h, rgb).ok_or_else(|| ImageLoadError::Decode {
-        format: "PNG",
-        detail: "decoder returned a buffer of the wrong size".into(),
-    })
+    rgb_image("PNG", w, h, rgb)
 }
 
 fn decode_generic(
@@ -272,16 +277,7 @@ fn decode_generic(
         ImageFormat::Bmp => "BMP",
         _ => "TIFF",
     };
-    let err = |e: image::ImageError| match e {
-        image::ImageError::IoError(io) => ImageLoadError::Decode {
-            format: name,
-            detail: io.to_string().trim().to_string(),
-        },
-        other => ImageLoadError::Decode {
-            format: name,
-            detail: other.to_string().trim().to_string(),
-        },
-    };
+    let err = |e: image::ImageError| decode_error(name, e);
     let mut reader = ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let mut limits = image::Limits::default();
     // Room for the RGB buffer plus the decoder's own copy at 16 bits per sample.
