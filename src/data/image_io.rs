@@ -13,7 +13,7 @@ use image::{ImageDecoder, ImageFormat, ImageReader, RgbImage};
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 /// File extensions that `detect-roi` picks up when it walks a folder.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff", "dcm"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageLoadError {
@@ -21,7 +21,7 @@ pub enum ImageLoadError {
     Io(#[from] std::io::Error),
     #[error("empty file (0 bytes)")]
     Empty,
-    #[error("not a JPEG, PNG, BMP or TIFF image (unrecognised file contents)")]
+    #[error("not a JPEG, PNG, BMP or TIFF image nor a DICOM file (unrecognised file contents)")]
     UnknownFormat,
     #[error("unsupported image format {0:?} (expected JPEG, PNG, BMP or TIFF)")]
     UnsupportedFormat(ImageFormat),
@@ -36,6 +36,13 @@ pub enum ImageLoadError {
     ZeroSize,
     #[error("corrupt or truncated {format} data: {detail}")]
     Decode {
+        format: &'static str,
+        detail: String,
+    },
+    /// A valid file whose content roiscope cannot decode (e.g. a DICOM transfer syntax without a
+    /// decoder in this build).
+    #[error("unsupported {format} content: {detail}")]
+    Unsupported {
         format: &'static str,
         detail: String,
     },
@@ -82,6 +89,10 @@ pub fn load_rgb8(path: &Path, opts: LoadOptions) -> Result<RgbImage, ImageLoadEr
 pub fn decode_rgb8(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
     if bytes.is_empty() {
         return Err(ImageLoadError::Empty);
+    }
+    // Before guess_format: a DICOM preamble may hold anything, even another format's magic.
+    if super::dicom::is_dicom(bytes) {
+        return super::dicom::decode_dicom(bytes, opts.max_pixels);
     }
     let format = image::guess_format(bytes).map_err(|_| ImageLoadError::UnknownFormat)?;
     match format {
@@ -185,15 +196,19 @@ fn decode_jpeg_libjpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, Imag
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return Err(decode_error("JPEG", e)),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "libjpeg failed".into());
+            let msg = panic_message(&*panic).unwrap_or_else(|| "libjpeg failed".into());
             return Err(decode_error("JPEG", msg));
         }
     };
     Ok(oriented(rgb_image("JPEG", w, h, pixels)?, orientation))
+}
+
+/// The text of a caught panic, when it carries one.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> Option<String> {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
 }
 
 /// Whether the data ends in an EOI marker (`FF D9`), allowing trailing padding bytes.

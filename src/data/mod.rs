@@ -1,5 +1,6 @@
 //! Records, images and the ROI boxes drawn into them.
 
+pub mod dicom;
 pub mod files;
 pub mod image_io;
 pub mod marker;
