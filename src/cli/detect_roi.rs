@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -10,7 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::data::files::{expand_inputs, InputFile};
+use crate::data::files::{expand_inputs, save_png_atomic, InputFile};
 use crate::data::image_io::{load_rgb8, JpegDecoder, LoadOptions, DEFAULT_MAX_PIXELS};
 use crate::data::marker::remove_outlines;
 use crate::data::roi::{detect, DetectMode, Detection};
@@ -155,7 +155,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ordered_map(
         jobs,
         threads,
-        |job| process(job, args.mode, opts),
+        |job| process(&job, args.mode, opts),
         |_, line| {
             match (&line.error, line.roi) {
                 (Some(_), _) => errors += 1,
@@ -237,7 +237,7 @@ fn process(job: &Job, mode: DetectMode, opts: LoadOptions) -> Line {
     match &job.clean_to {
         Some(Ok(target)) => {
             remove_outlines(&mut img, &detection.rois);
-            match save_png(&img, target) {
+            match save_png_atomic(&img, target) {
                 Ok(()) => line.clean = Some(target.to_string_lossy().into_owned()),
                 Err(e) => line.error = Some(format!("cannot write cleaned image: {e:#}")),
             }
@@ -246,18 +246,6 @@ fn process(job: &Job, mode: DetectMode, opts: LoadOptions) -> Line {
         None => {}
     }
     line
-}
-
-/// Writes through a temporary file and a rename, so an interrupted run never leaves half a PNG.
-fn save_png(img: &image::RgbImage, target: &Path) -> anyhow::Result<()> {
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = target.with_extension("png.partial");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, target).with_context(|| target.display().to_string())?;
-    Ok(())
 }
 
 fn progress_bar(len: u64, quiet: bool) -> ProgressBar {

@@ -2,6 +2,9 @@
 //! diagnostics on stderr.
 
 mod detect_roi;
+mod export;
+mod prepare;
+mod project;
 mod sample;
 
 use std::process::ExitCode;
@@ -26,6 +29,14 @@ enum Command {
     /// Find the green ROI boxes drawn into images; one JSON line per image on stdout
     #[command(long_about = detect_roi::LONG_ABOUT)]
     DetectRoi(detect_roi::Args),
+    /// Import seed-format records into a project: detect ROIs, remove markers, report
+    #[command(long_about = prepare::LONG_ABOUT)]
+    Prepare(prepare::Args),
+    /// Export a project as seed JSON, JSON lines or COCO
+    Export(export::Args),
+    /// Inspect or edit a project
+    #[command(subcommand)]
+    Project(project::Command),
     /// Summarise the bundled sample project (records, fields, detected boxes)
     Sample(sample::Args),
 }
@@ -35,6 +46,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::DetectRoi(args)) => detect_roi::run(args),
+        Some(Command::Prepare(args)) => prepare::run(args),
+        Some(Command::Export(args)) => export::run(args),
+        Some(Command::Project(command)) => project::run(command),
         Some(Command::Sample(args)) => sample::run(args),
         None => sample::run_default(),
     };

@@ -70,3 +70,35 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Result<InputFile, ListError>>) {
         }
     }
 }
+
+/// Writes a PNG through a temporary file and a rename, so an interrupted run never leaves half
+/// a file under the final name. Fast compression: these are working copies, written by the
+/// thousand.
+pub fn save_png_atomic(img: &image::RgbImage, target: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    use image::ImageEncoder;
+
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tmp = target.with_extension("png.partial");
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    use std::io::Write;
+    out.flush()
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    drop(out);
+    std::fs::rename(&tmp, target).with_context(|| format!("cannot write {}", target.display()))?;
+    Ok(())
+}

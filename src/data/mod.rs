@@ -1,8 +1,12 @@
 //! Records, images and the ROI boxes drawn into them.
 
 pub mod dicom;
+pub mod export;
 pub mod files;
 pub mod image_io;
 pub mod marker;
+pub mod prepare;
+pub mod record;
 pub mod roi;
 pub mod sample;
+pub mod store;

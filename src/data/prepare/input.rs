@@ -1,0 +1,316 @@
+//! Reading an input file of records as a stream: a JSON array (the seed's `raw_data.json`) or
+//! JSON lines (one record per line, as `export --format jsonl` writes).
+//!
+//! The file is checked in full before any work starts (a cheap pass that builds nothing), so a
+//! syntax error is reported with its line and column before hours of detection, and the number
+//! of records is known for the progress bar. Then records are handed out one at a time; memory
+//! does not grow with the file.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+use serde_json::Value;
+
+/// How records are laid out in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    JsonArray,
+    JsonLines,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: expected a JSON array of records (or JSON lines), found {found}")]
+    NotAnArray { path: PathBuf, found: String },
+}
+
+impl InputError {
+    fn from_json(path: &Path, e: serde_json::Error, line_offset: usize) -> InputError {
+        if e.is_io() {
+            return InputError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            };
+        }
+        let text = e.to_string();
+        let message = match text.rfind(" at line ") {
+            Some(i) => text[..i].to_string(),
+            None => text,
+        };
+        InputError::Syntax {
+            path: path.to_path_buf(),
+            line: e.line() + line_offset,
+            column: e.column(),
+            message,
+        }
+    }
+}
+
+/// Decides the layout from the extension (`.jsonl`, `.ndjson`) or else the first character, and
+/// checks the whole file's syntax; returns the layout and the number of records.
+pub fn check(path: &Path) -> Result<(InputFormat, usize), InputError> {
+    let format = detect_format(path)?;
+    let count = match format {
+        InputFormat::JsonArray => {
+            let mut de = serde_json::Deserializer::from_reader(open(path)?);
+            let count = serde::Deserializer::deserialize_any(&mut de, CountElements)
+                .map_err(|e| InputError::from_json(path, e, 0))?
+                .map_err(|found| InputError::NotAnArray {
+                    path: path.to_path_buf(),
+                    found,
+                })?;
+            de.end().map_err(|e| InputError::from_json(path, e, 0))?;
+            count
+        }
+        InputFormat::JsonLines => {
+            let mut count = 0;
+            for_each_line(path, |line_no, text| {
+                serde_json::from_str::<IgnoredAny>(text)
+                    .map_err(|e| InputError::from_json(path, e, line_no - 1))?;
+                count += 1;
+                Ok(())
+            })?;
+            count
+        }
+    };
+    Ok((format, count))
+}
+
+/// Calls `f(index, record)` for every record, in file order. Stops early when `f` returns
+/// `false`.
+pub fn for_each_record(
+    path: &Path,
+    format: InputFormat,
+    mut f: impl FnMut(usize, Value) -> bool,
+) -> Result<(), InputError> {
+    match format {
+        InputFormat::JsonArray => {
+            let mut de = serde_json::Deserializer::from_reader(open(path)?);
+            let visitor = EachElement {
+                f: &mut f,
+                index: 0,
+            };
+            serde::Deserializer::deserialize_seq(&mut de, visitor)
+                .map_err(|e| InputError::from_json(path, e, 0))
+        }
+        InputFormat::JsonLines => {
+            let mut index = 0;
+            let mut go_on = true;
+            for_each_line(path, |line_no, text| {
+                if !go_on {
+                    return Ok(());
+                }
+                let value = serde_json::from_str(text)
+                    .map_err(|e| InputError::from_json(path, e, line_no - 1))?;
+                go_on = f(index, value);
+                index += 1;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, InputError> {
+    File::open(path)
+        .map(|f| BufReader::with_capacity(1 << 20, f))
+        .map_err(|source| InputError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn detect_format(path: &Path) -> Result<InputFormat, InputError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if ext == "jsonl" || ext == "ndjson" {
+        return Ok(InputFormat::JsonLines);
+    }
+    let mut reader = open(path)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = reader.read(&mut buf).map_err(|source| InputError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            return Ok(InputFormat::JsonArray);
+        }
+        if let Some(&c) = buf[..n].iter().find(|c| !c.is_ascii_whitespace()) {
+            return Ok(if c == b'{' {
+                InputFormat::JsonLines
+            } else {
+                InputFormat::JsonArray
+            });
+        }
+    }
+}
+
+/// Calls `f(line_number, text)` for every non-blank line (numbers from 1).
+fn for_each_line(
+    path: &Path,
+    mut f: impl FnMut(usize, &str) -> Result<(), InputError>,
+) -> Result<(), InputError> {
+    let mut reader = open(path)?;
+    let mut line = String::new();
+    let mut line_no = 0;
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|source| InputError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(());
+        }
+        line_no += 1;
+        if !line.trim().is_empty() {
+            f(line_no, &line)?;
+        }
+    }
+}
+
+/// Counts the elements of a top-level array without building them; `Err(found)` names what the
+/// top level is when it is not an array.
+struct CountElements;
+
+impl<'de> Visitor<'de> for CountElements {
+    type Value = Result<usize, String>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut n = 0;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            n += 1;
+        }
+        Ok(Ok(n))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Err("an object".into()))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Err("a string".into()))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Err("a boolean".into()))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Err("a number".into()))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Err("a number".into()))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Err("a number".into()))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Err("null".into()))
+    }
+}
+
+/// Hands each array element to a callback as soon as it is parsed.
+struct EachElement<'f, F> {
+    f: &'f mut F,
+    index: usize,
+}
+
+impl<'de, F: FnMut(usize, Value) -> bool> Visitor<'de> for EachElement<'_, F> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(value) = seq.next_element_seed(OneValue)? {
+            if !(self.f)(self.index, value) {
+                // The caller stopped; skim the rest without building it.
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(());
+            }
+            self.index += 1;
+        }
+        Ok(())
+    }
+}
+
+struct OneValue;
+
+impl<'de> DeserializeSeed<'de> for OneValue {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn arrays_and_lines_are_read_in_order() {
+        let (_d, p) = file("a.json", " [ {\"a\": 1}, 2, {\"b\": [3]} ] ");
+        assert_eq!(check(&p).unwrap(), (InputFormat::JsonArray, 3));
+        let mut seen = Vec::new();
+        for_each_record(&p, InputFormat::JsonArray, |i, v| {
+            seen.push((i, v));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[2].1["b"][0], 3);
+
+        let (_d, p) = file("b.txt", "{\"a\": 1}\n\n{\"a\": 2}\n");
+        assert_eq!(check(&p).unwrap(), (InputFormat::JsonLines, 2));
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let (_d, p) = file("bad.json", "[\n  {\"a\": 1},\n  {\"a\": 2,,}\n]");
+        let e = check(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.json:3:11: "), "{e}");
+        assert!(!e.contains(" at line "), "{e}");
+
+        let (_d, p) = file("bad.jsonl", "{\"a\": 1}\n{\"a\": }\n");
+        let e = check(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl:2:7: "), "{e}");
+
+        let (_d, p) = file("obj.json", "[{\"a\": 1}] trailing");
+        assert!(check(&p).unwrap_err().to_string().contains("obj.json:1:12"));
+
+        let (_d, p) = file("str.json", "\"hello\"");
+        assert!(check(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("found a string"));
+    }
+}
