@@ -278,38 +278,50 @@ const BLEND_COST: f32 = 8.0;
 /// a last pass with an unbounded gap copies the nearest side where only one exists.
 fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
     let (w, h) = (img.width() as i64, img.height() as i64);
+    let max_gap_f = max_gap as f32;
+    // Per direction: the length of one step, and the most steps within `max_gap`.
+    let steps: [(f32, i64); DIRECTIONS.len()] = DIRECTIONS.map(|(dx, dy)| {
+        let len = ((dx * dx + dy * dy) as f32).sqrt();
+        let most = if max_gap == u32::MAX {
+            i64::MAX
+        } else {
+            (max_gap_f / len).floor() as i64 + 1
+        };
+        (len, most)
+    });
+    let pixels = img.as_raw();
     let mut filled = Vec::new();
     for y in 0..h {
         for x in 0..w {
             if state[(y * w + x) as usize] != HOLE {
                 continue;
             }
-            let find = |dx: i64, dy: i64| -> Option<(f32, [u8; 3])> {
-                let (mut cx, mut cy, mut steps) = (x + dx, y + dy, 1i64);
-                let step_len = ((dx * dx + dy * dy) as f32).sqrt();
-                while cx >= 0 && cy >= 0 && cx < w && cy < h {
-                    if state[(cy * w + cx) as usize] != HOLE {
+            // The first clean pixel from (x, y) along (dx, dy): its distance and colour.
+            let find = |dx: i64, dy: i64, (len, most): (f32, i64)| -> Option<(f32, [u8; 3])> {
+                let (mut cx, mut cy) = (x + dx, y + dy);
+                let mut n = 1i64;
+                while cx >= 0 && cy >= 0 && cx < w && cy < h && n <= most {
+                    let i = (cy * w + cx) as usize;
+                    if state[i] != HOLE {
                         return Some((
-                            steps as f32 * step_len,
-                            img.get_pixel(cx as u32, cy as u32).0,
+                            n as f32 * len,
+                            [pixels[3 * i], pixels[3 * i + 1], pixels[3 * i + 2]],
                         ));
-                    }
-                    if steps as f32 * step_len > max_gap as f32 {
-                        return None;
                     }
                     cx += dx;
                     cy += dy;
-                    steps += 1;
+                    n += 1;
                 }
                 None
             };
             // (cost, interpolated colour) along each direction with anchors on both sides.
-            let mut candidates: Vec<(f32, [f32; 3])> = Vec::with_capacity(DIRECTIONS.len());
+            let mut candidates = [(0f32, [0f32; 3]); DIRECTIONS.len()];
+            let mut count = 0;
             let mut one_sided: Option<(f32, [u8; 3])> = None;
-            for &(dx, dy) in &DIRECTIONS {
-                match (find(dx, dy), find(-dx, -dy)) {
+            for (k, &(dx, dy)) in DIRECTIONS.iter().enumerate() {
+                match (find(dx, dy, steps[k]), find(-dx, -dy, steps[k])) {
                     (Some((da, pa)), Some((db, pb))) => {
-                        if da + db > max_gap as f32 {
+                        if da + db > max_gap_f {
                             continue;
                         }
                         let disagreement = (0..3)
@@ -319,7 +331,8 @@ fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
                         let t = da / (da + db);
                         let colour =
                             [0, 1, 2].map(|c| f32::from(pa[c]) * (1.0 - t) + f32::from(pb[c]) * t);
-                        candidates.push((disagreement + DISTANCE_COST * (da + db), colour));
+                        candidates[count] = (disagreement + DISTANCE_COST * (da + db), colour);
+                        count += 1;
                     }
                     (Some((d, p)), None) | (None, Some((d, p))) => {
                         if one_sided.is_none_or(|(b, _)| d < b) {
@@ -329,10 +342,11 @@ fn fill_pass(img: &mut RgbImage, state: &mut [u8], max_gap: u32) {
                     (None, None) => {}
                 }
             }
+            let candidates = &candidates[..count];
             let best_cost = candidates.iter().map(|c| c.0).fold(f32::INFINITY, f32::min);
             let blended = (!candidates.is_empty()).then(|| {
                 let (mut sum, mut weights) = ([0f32; 3], 0f32);
-                for (cost, colour) in &candidates {
+                for (cost, colour) in candidates {
                     let weight = (-(cost - best_cost) / BLEND_COST).exp();
                     for (s, v) in sum.iter_mut().zip(colour) {
                         *s += weight * v;
