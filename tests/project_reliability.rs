@@ -285,9 +285,11 @@ fn kill_9_during_a_stream_of_edits_keeps_every_acknowledged_edit() {
 fn exports_while_another_process_edits_see_a_consistent_project() {
     let tmp = tempfile::tempdir().unwrap();
     let project = sample_project(tmp.path());
-    let edits = 600;
+    let edits = 2000;
     let (mut editor, writer) = start_editor(&project, edits);
     let mut exports = 0;
+    // Exports that finished while the editor was still writing.
+    let mut overlapped = 0;
     let mut acked = Vec::new();
     while acked.len() < edits {
         let out = tmp.path().join(format!("export{exports}.jsonl"));
@@ -301,7 +303,9 @@ fn exports_while_another_process_edits_see_a_consistent_project() {
         while let Ok(ack) = editor.acks.try_recv() {
             acked.push((acked.len(), ack["ok"].as_i64().unwrap()));
         }
-        if editor.child.try_wait().unwrap().is_some() {
+        if editor.child.try_wait().unwrap().is_none() {
+            overlapped += 1;
+        } else {
             while let Ok(ack) = editor.acks.recv_timeout(Duration::from_millis(200)) {
                 acked.push((acked.len(), ack["ok"].as_i64().unwrap()));
             }
@@ -311,7 +315,10 @@ fn exports_while_another_process_edits_see_a_consistent_project() {
     writer.join().unwrap();
     assert!(editor.child.wait().unwrap().success());
     assert_eq!(acked.len(), edits);
-    assert!(exports >= 2, "exports ran alongside the edits ({exports})");
+    assert!(
+        overlapped >= 1,
+        "no export ran alongside the edits ({exports} exports)"
+    );
     assert_eq!(integrity(&project), "ok");
     check_acknowledged(&project, &acked);
 }

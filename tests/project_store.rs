@@ -514,3 +514,21 @@ fn dicom_records_are_rendered_for_the_model_and_keep_their_original() {
         "the cache holds exactly the windowed rendering"
     );
 }
+
+#[test]
+fn the_diagnosis_field_can_be_chosen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = sample_dir();
+    let project = tmp.path().join("p");
+    let raw = sample.join("raw_data.json");
+    let report = prepare_json(&raw, &sample, &project, &["--diagnosis-field", "Organ"]);
+    assert_eq!(report["kept"], 24);
+    let p = Project::open(&project).unwrap();
+    assert_eq!(p.diagnosis_field(), "Organ");
+    assert_eq!(p.record(1).unwrap().diagnosis, "Lungs");
+    // Record 9 answers in plain text: the text stays its diagnosis.
+    assert!(p.record(9).unwrap().fields.is_none());
+    // A project keeps the field it was made with.
+    let err = fails(&mut prepare_cmd(&raw, &sample, &project));
+    assert!(err.contains("uses the diagnosis field \"Organ\""), "{err}");
+}

@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
+use super::files::partial_path;
 use super::record::with_fields;
 use super::store::{Project, RecordFilter, Split, StoredRecord};
 
@@ -51,7 +52,7 @@ pub fn export(
         w.flush()?;
         return Ok(summary);
     }
-    let tmp = out.with_extension("partial");
+    let tmp = partial_path(out);
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, file);

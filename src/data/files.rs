@@ -83,7 +83,7 @@ pub fn save_png_atomic(img: &image::RgbImage, target: &Path) -> anyhow::Result<(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let tmp = target.with_extension("png.partial");
+    let tmp = partial_path(target);
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     let mut out = std::io::BufWriter::new(file);
@@ -101,4 +101,11 @@ pub fn save_png_atomic(img: &image::RgbImage, target: &Path) -> anyhow::Result<(
     drop(out);
     std::fs::rename(&tmp, target).with_context(|| format!("cannot write {}", target.display()))?;
     Ok(())
+}
+
+/// Where a file is written before it is renamed to `path`: the same name plus `.partial`.
+pub fn partial_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
 }

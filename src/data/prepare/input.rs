@@ -23,11 +23,8 @@ pub enum InputFormat {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
         path: PathBuf,
@@ -44,7 +41,7 @@ impl InputError {
         if e.is_io() {
             return InputError::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::other(e.to_string()),
+                err: std::io::Error::other(e.to_string()),
             };
         }
         let text = e.to_string();
@@ -128,9 +125,9 @@ pub fn for_each_record(
 fn open(path: &Path) -> Result<BufReader<File>, InputError> {
     File::open(path)
         .map(|f| BufReader::with_capacity(1 << 20, f))
-        .map_err(|source| InputError::Io {
+        .map_err(|err| InputError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         })
 }
 
@@ -145,9 +142,9 @@ fn detect_format(path: &Path) -> Result<InputFormat, InputError> {
     let mut reader = open(path)?;
     let mut buf = [0u8; 4096];
     loop {
-        let n = reader.read(&mut buf).map_err(|source| InputError::Io {
+        let n = reader.read(&mut buf).map_err(|err| InputError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         })?;
         if n == 0 {
             return Ok(InputFormat::JsonArray);
@@ -172,12 +169,10 @@ fn for_each_line(
     let mut line_no = 0;
     loop {
         line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(|source| InputError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let n = reader.read_line(&mut line).map_err(|err| InputError::Io {
+            path: path.to_path_buf(),
+            err,
+        })?;
         if n == 0 {
             return Ok(());
         }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::dicom::is_dicom;
-use super::files::save_png_atomic;
+use super::files::{partial_path, save_png_atomic};
 use super::image_io::{decode_rgb8, JpegDecoder, LoadOptions};
 use super::marker::remove_outlines;
 use super::record::{parse_source, stratum, Answer, SkipReason, SourceRecord};
@@ -195,7 +195,9 @@ pub fn prepare(
         let reader_thread = scope.spawn(move || {
             input::for_each_record(&input_path, format, |i, v| tx.send((i, v)).is_ok())
         });
-        let mut first_seen: HashMap<String, usize> = HashMap::new();
+        // Content key (its first 128 bits: 16 bytes a record, not a 64-character string) ->
+        // first position in this input.
+        let mut first_seen: HashMap<u128, usize> = HashMap::new();
         let diagnosis_field = opts.diagnosis_field.clone();
         let stop = &stop;
         let jobs = rx.into_iter().map_while(move |(index, value)| {
@@ -301,7 +303,7 @@ fn classify(
     diagnosis_field: &str,
     data_root: &Path,
     reader: &Connection,
-    first_seen: &mut HashMap<String, usize>,
+    first_seen: &mut HashMap<u128, usize>,
 ) -> Job {
     let image_hint = value
         .get("images")
@@ -318,14 +320,15 @@ fn classify(
             }
         }
     };
-    if let Some(&first_index) = first_seen.get(&record.key) {
+    let short_key = u128::from_str_radix(&record.key[..32], 16).unwrap_or_default();
+    if let Some(&first_index) = first_seen.get(&short_key) {
         return Job::Skip {
             index,
             image: image_hint,
             reason: SkipReason::Duplicate { first_index },
         };
     }
-    first_seen.insert(record.key.clone(), index);
+    first_seen.insert(short_key, index);
     match reader
         .prepare_cached("SELECT 1 FROM records WHERE key = ?1")
         .and_then(|mut s| s.query_row([&record.key], |_| Ok(())).optional())
@@ -660,7 +663,7 @@ fn read_only(db: &Path) -> anyhow::Result<Connection> {
 
 /// Writes a file through a temporary name and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial");
+    let tmp = partial_path(path);
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
