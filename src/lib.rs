@@ -2,10 +2,12 @@
 //!
 //! One engine, two faces: the `roiscope` command line (see `src/main.rs` and [`cli`]) and, in a
 //! later milestone, the egui workbench. Modules own one concern each:
-//! - [`data`]: images, green-ROI detection, marker removal, sample data;
+//! - [`data`]: images and DICOM, green-ROI detection, marker removal, the project store;
+//! - [`model`]: Qwen3-VL's inputs (the image processor);
 //! - [`parallel`]: an order-preserving worker pool for per-file jobs;
 //! - [`cli`]: the commands, rendering progress and results for a terminal.
 
 pub mod cli;
 pub mod data;
+pub mod model;
 pub mod parallel;
