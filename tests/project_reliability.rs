@@ -42,6 +42,21 @@ fn splits(project: &Path) -> Vec<(String, String)> {
         .unwrap()
 }
 
+/// Records in the project so far (0 while its database is not set up yet).
+fn committed_records(project: &Path) -> i64 {
+    if !project.join("roiscope.db").exists() || !has_table(project, "records") {
+        return 0;
+    }
+    count(project, "SELECT count(*) FROM records")
+}
+
+fn has_table(project: &Path, table: &str) -> bool {
+    count(
+        project,
+        &format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{table}'"),
+    ) == 1
+}
+
 fn partial_files(dir: &Path) -> usize {
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -88,12 +103,27 @@ fn kill_9_during_prepare_loses_nothing_and_a_rerun_completes_it() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        // Each round resumes the last, so short cuts keep most of them inside the work.
-        let wait_ms = rng.below(full_run.as_millis() as u64 / 4 + 1);
+        // Even rounds cut at a random moment of the start-up and first batch; odd rounds wait
+        // until the run has committed something new, then cut it a little later, so kills land
+        // both before and between commits whatever the machine's speed.
+        let started = Instant::now();
+        let wait_ms = if round % 2 == 0 {
+            rng.below(300)
+        } else {
+            let cap = Duration::from_secs(60);
+            while started.elapsed() < cap
+                && child.try_wait().unwrap().is_none()
+                && committed_records(&project) <= last
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            rng.below(150)
+        };
         std::thread::sleep(Duration::from_millis(wait_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        if !project.join("roiscope.db").exists() {
+        // Killed before the schema was written: an empty database, which the next run sets up.
+        if !project.join("roiscope.db").exists() || !has_table(&project, "runs") {
             continue;
         }
         assert_eq!(integrity(&project), "ok", "round {round}");
