@@ -5,8 +5,10 @@
 //! - [`data`]: images and DICOM, green-ROI detection, marker removal, the project store;
 //! - [`model`]: Qwen3-VL's inputs (the image processor);
 //! - [`parallel`]: an order-preserving worker pool for per-file jobs;
-//! - [`cli`]: the commands, rendering progress and results for a terminal.
+//! - [`cli`]: the commands, rendering progress and results for a terminal;
+//! - [`assets`]: where the shipped files (sample project, tokenizer) are.
 
+pub mod assets;
 pub mod cli;
 pub mod data;
 pub mod model;

@@ -9,18 +9,7 @@ use serde_json::Value;
 /// Where the sample project lives: `$ROISCOPE_SAMPLE_DIR`, else `share/roiscope/sample` next to
 /// an installed binary, else the source checkout's `assets/sample`.
 pub fn sample_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ROISCOPE_SAMPLE_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(prefix) = exe.parent().and_then(Path::parent) {
-            let installed = prefix.join("share/roiscope/sample");
-            if installed.join("raw_data.json").is_file() {
-                return installed;
-            }
-        }
-    }
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sample"))
+    crate::assets::asset_path("ROISCOPE_SAMPLE_DIR", "sample", Some("raw_data.json"))
 }
 
 /// One record of a seed-format file, as far as the summary needs it.

@@ -46,21 +46,11 @@ pub struct ChatIds {
 /// Where the bundled Qwen3 tokenizer is: `$ROISCOPE_TOKENIZER`, else `share/roiscope/tokenizer`
 /// next to an installed binary, else the source checkout's `assets/tokenizer/qwen3`.
 pub fn bundled_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("ROISCOPE_TOKENIZER") {
-        return PathBuf::from(p);
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(prefix) = exe.parent().and_then(Path::parent) {
-            let installed = prefix.join("share/roiscope/tokenizer/qwen3/tokenizer.json.gz");
-            if installed.is_file() {
-                return installed;
-            }
-        }
-    }
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/assets/tokenizer/qwen3/tokenizer.json.gz"
-    ))
+    crate::assets::asset_path(
+        "ROISCOPE_TOKENIZER",
+        "tokenizer/qwen3/tokenizer.json.gz",
+        None,
+    )
 }
 
 impl QwenTokenizer {
