@@ -102,6 +102,19 @@ pub fn migrate(conn: &mut Connection) -> Result<i64, SchemaError> {
 
 /// Migrates up to `target` (tests build older projects with this).
 pub fn migrate_to(conn: &mut Connection, target: i64) -> Result<i64, SchemaError> {
+    // Up to date: nothing to write, so no write lock. Opening a project to read it (an export
+    // while the GUI edits) must not queue behind the writer.
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    if app == APPLICATION_ID && found == target {
+        return Ok(found);
+    }
+    if app == APPLICATION_ID && found > CURRENT_VERSION {
+        return Err(SchemaError::TooNew {
+            found,
+            supported: CURRENT_VERSION,
+        });
+    }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let app: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
