@@ -109,3 +109,12 @@ pub fn partial_path(path: &Path) -> std::path::PathBuf {
     name.push(".partial");
     path.with_file_name(name)
 }
+
+/// Writes a small file through a temporary name and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tmp = partial_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

@@ -181,7 +181,7 @@ pub fn parse_box(value: &Value) -> Result<[f64; 4], SkipReason> {
 /// key order and whitespace in the file do not matter but every value does.
 pub fn record_key(record: &Map<String, Value>) -> String {
     let mut hasher = Sha256::new();
-    hash_canonical(&Value::Object(record.clone()), &mut hasher);
+    hash_object(record, &mut hasher);
     hasher
         .finalize()
         .iter()
@@ -189,20 +189,22 @@ pub fn record_key(record: &Map<String, Value>) -> String {
         .collect()
 }
 
+fn hash_object(map: &Map<String, Value>, hasher: &mut Sha256) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    hasher.update(b"{");
+    for k in keys {
+        hasher.update(serde_json::to_string(k).unwrap_or_default().as_bytes());
+        hasher.update(b":");
+        hash_canonical(&map[k], hasher);
+        hasher.update(b",");
+    }
+    hasher.update(b"}");
+}
+
 fn hash_canonical(value: &Value, hasher: &mut Sha256) {
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            hasher.update(b"{");
-            for k in keys {
-                hasher.update(serde_json::to_string(k).unwrap_or_default().as_bytes());
-                hasher.update(b":");
-                hash_canonical(&map[k], hasher);
-                hasher.update(b",");
-            }
-            hasher.update(b"}");
-        }
+        Value::Object(map) => hash_object(map, hasher),
         Value::Array(items) => {
             hasher.update(b"[");
             for item in items {

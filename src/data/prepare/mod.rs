@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::dicom::is_dicom;
-use super::files::{partial_path, save_png_atomic};
+use super::files::{save_png_atomic, write_atomic};
 use super::image_io::{decode_rgb8, JpegDecoder, LoadOptions};
 use super::marker::remove_outlines;
 use super::record::{parse_source, stratum, Answer, SkipReason, SourceRecord};
@@ -165,6 +165,8 @@ pub fn prepare(
     let run_id = project.conn().last_insert_rowid();
     let reader = read_only(&project.dir().join(DB_FILE))?;
     let data_root = project.data_root().to_path_buf();
+    // The project keeps its data root canonical; workers resolve image paths against it.
+    let image_root = data_root.clone();
     let project_dir = project.dir().to_path_buf();
     let mut writer = BatchWriter {
         run_id,
@@ -228,7 +230,15 @@ pub fn prepare(
                 index,
                 record,
                 image,
-            } => process(index, *record, image, opts, &project_dir, &cache),
+            } => process(
+                index,
+                *record,
+                image,
+                opts,
+                &image_root,
+                &project_dir,
+                &cache,
+            ),
         };
         ordered_map_iter(jobs, opts.threads, work, |_, outcome| {
             if fatal.is_some() {
@@ -358,6 +368,7 @@ fn process(
     record: SourceRecord,
     image: String,
     opts: &PrepareOptions,
+    root: &Path,
     project_dir: &Path,
     cache: &CacheWriter,
 ) -> Outcome {
@@ -365,10 +376,6 @@ fn process(
         index,
         image: Some(image.clone()),
         reason,
-    };
-    let root = match opts.images.canonicalize() {
-        Ok(r) => r,
-        Err(e) => return Outcome::Fatal(anyhow::anyhow!("image folder: {e}")),
     };
     let path = root.join(&image);
     let real = match path.canonicalize() {
@@ -379,7 +386,7 @@ fn process(
         Err(e) => return skip(SkipReason::UnreadableImage(e.to_string())),
     };
     // A symbolic link may point out of the data root even when the path does not.
-    if !real.starts_with(&root) {
+    if !real.starts_with(root) {
         return skip(SkipReason::PathOutsideRoot(image.clone()));
     }
     let bytes = match std::fs::read(&real) {
@@ -659,12 +666,4 @@ fn read_only(db: &Path) -> anyhow::Result<Connection> {
     .with_context(|| format!("cannot open {}", db.display()))?;
     conn.busy_timeout(Duration::from_secs(30))?;
     Ok(conn)
-}
-
-/// Writes a file through a temporary name and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = partial_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }
