@@ -3,6 +3,8 @@
 
 mod detect_roi;
 mod export;
+mod infer;
+mod init_model;
 mod prepare;
 mod project;
 mod sample;
@@ -37,6 +39,11 @@ enum Command {
     /// Inspect or edit a project
     #[command(subcommand)]
     Project(project::Command),
+    /// Generate a model's answer to a prompt about an image
+    #[command(long_about = infer::LONG_ABOUT)]
+    Infer(infer::Args),
+    /// Write a Qwen3-VL model folder with random weights (tests and demos)
+    InitModel(init_model::Args),
     /// Summarise the bundled sample project (records, fields, detected boxes)
     Sample(sample::Args),
 }
@@ -49,6 +56,8 @@ pub fn main() -> ExitCode {
         Some(Command::Prepare(args)) => prepare::run(args),
         Some(Command::Export(args)) => export::run(args),
         Some(Command::Project(command)) => project::run(command),
+        Some(Command::Infer(args)) => infer::run(args),
+        Some(Command::InitModel(args)) => init_model::run(args),
         Some(Command::Sample(args)) => sample::run(args),
         None => sample::run_default(),
     };

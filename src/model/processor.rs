@@ -48,10 +48,7 @@ impl ImageProcessorConfig {
     /// `min_pixels`/`max_pixels`) bound the pixel count. Every number must be there: none is
     /// guessed.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let v: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let v = crate::data::files::read_json(path)?;
         Self::from_json(&v).with_context(|| format!("{}", path.display()))
     }
 

@@ -53,18 +53,29 @@ pub fn bundled_path() -> PathBuf {
     )
 }
 
+/// The bytes of a `tokenizer.json`, uncompressed if the file is gzipped.
+fn read_json(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read tokenizer {}", path.display()))?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&bytes[..])
+        .read_to_end(&mut plain)
+        .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+    Ok(plain)
+}
+
+/// The bundled Qwen3 `tokenizer.json`, uncompressed (for writing model folders).
+pub fn bundled_json() -> anyhow::Result<Vec<u8>> {
+    read_json(&bundled_path())
+}
+
 impl QwenTokenizer {
     /// Loads a `tokenizer.json` (or `tokenizer.json.gz`) and checks its special tokens.
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let mut bytes = std::fs::read(path)
-            .with_context(|| format!("cannot read tokenizer {}", path.display()))?;
-        if bytes.starts_with(&[0x1f, 0x8b]) {
-            let mut plain = Vec::new();
-            flate2::read::GzDecoder::new(&bytes[..])
-                .read_to_end(&mut plain)
-                .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
-            bytes = plain;
-        }
+        let bytes = read_json(path)?;
         let inner = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: not a tokenizer.json: {e}", path.display()))?;
         let id = |name: &str| {
@@ -107,6 +118,16 @@ impl QwenTokenizer {
         self.inner
             .decode(ids, false)
             .map_err(|e| anyhow::anyhow!("cannot decode: {e}"))
+    }
+
+    /// The prompt for a question without an image.
+    pub fn chat_text(&self, question: &str) -> anyhow::Result<Vec<u32>> {
+        if question.contains("<image>") {
+            bail!("the question has an <image> marker but no image was given");
+        }
+        self.encode(&format!(
+            "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+        ))
     }
 
     /// The prompt for one image and question (the seed's `<image>` marks where the image goes;
