@@ -3,7 +3,8 @@
 //! One engine, two faces: the `roiscope` command line (see `src/main.rs` and [`cli`]) and, in a
 //! later milestone, the egui workbench. Modules own one concern each:
 //! - [`data`]: images and DICOM, green-ROI detection, marker removal, the project store;
-//! - [`model`]: Qwen3-VL's inputs (the image processor);
+//! - [`model`]: Qwen3-VL in candle, its inputs and generation;
+//! - [`train`]: the task heads and losses of multi-task fine-tuning;
 //! - [`parallel`]: an order-preserving worker pool for per-file jobs;
 //! - [`cli`]: the commands, rendering progress and results for a terminal;
 //! - [`assets`]: where the shipped files (sample project, tokenizer) are.
@@ -13,3 +14,4 @@ pub mod cli;
 pub mod data;
 pub mod model;
 pub mod parallel;
+pub mod train;

@@ -1,0 +1,184 @@
+//! The task heads that sit on Qwen3-VL's final hidden states.
+//!
+//! Each head pools the states it may look at with masked attention pooling (padding and, for the
+//! ROI head, everything but the image tokens get exactly zero weight), then:
+//! - the ROI head predicts a box that is valid by construction: `x1, y1` in (0, 1) and
+//!   `x2 in (x1, 1)`, `y2 in (y1, 1)`, all in image-relative units;
+//! - the match head scores the (image, text) pair with one logit.
+//!
+//! The learned task weights `s_i` combine the losses as `0.5 * exp(-s_i) * L_i + 0.5 * s_i`.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::model::ops::Linear;
+use crate::model::random::SplitMix;
+
+/// Sizes of the heads (the seed's: pooling 512, ROI 512 with dropout 0.1, match 256).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadsConfig {
+    pub pool_hidden: usize,
+    pub roi_hidden: usize,
+    pub roi_dropout: f64,
+    pub match_hidden: usize,
+}
+
+impl Default for HeadsConfig {
+    fn default() -> Self {
+        HeadsConfig {
+            pool_hidden: 512,
+            roi_hidden: 512,
+            roi_dropout: 0.1,
+            match_hidden: 256,
+        }
+    }
+}
+
+/// A linear layer initialised as PyTorch's `nn.Linear` (uniform within `1 / sqrt(in)`).
+fn linear(vb: &VarBuilder, out: usize, inp: usize) -> Result<Linear> {
+    let bound = 1.0 / (inp as f64).sqrt();
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    Ok(Linear {
+        weight: vb.get_with_hints((out, inp), "weight", init)?,
+        bias: Some(vb.get_with_hints(out, "bias", init)?),
+    })
+}
+
+/// `Linear(h, k) - Tanh - Linear(k, 1) - softmax` over the allowed positions.
+pub struct AttentionPool {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl AttentionPool {
+    pub fn load(vb: VarBuilder, hidden: usize, inner: usize) -> Result<Self> {
+        Ok(AttentionPool {
+            fc1: linear(&vb.pp("fc1"), inner, hidden)?,
+            fc2: linear(&vb.pp("fc2"), 1, inner)?,
+        })
+    }
+
+    /// `states` `(batch, seq, hidden)`, `allowed` `(batch, seq)` of 0/1 in the states' dtype:
+    /// the pooled `(batch, hidden)` and the weights `(batch, seq)`, zero where not allowed.
+    pub fn forward(&self, states: &Tensor, allowed: &Tensor) -> Result<(Tensor, Tensor)> {
+        let per_row = allowed.sum(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        if let Some(row) = per_row.iter().position(|&n| n < 0.5) {
+            candle_core::bail!("attention pooling: row {row} has no position to pool over");
+        }
+        let scores = self
+            .fc2
+            .forward(&self.fc1.forward(states)?.tanh()?)?
+            .squeeze(D::Minus1)?;
+        // Masked softmax: shift by the largest allowed score, zero the rest after exp.
+        let hidden = ((allowed - 1.0)? * 1e9)?;
+        let shifted = (scores + &hidden)?;
+        let max = shifted.max_keepdim(1)?.detach();
+        let exp = (shifted.broadcast_sub(&max)?.exp()? * allowed)?;
+        let weights = exp.broadcast_div(&exp.sum_keepdim(1)?)?;
+        let pooled = weights.unsqueeze(2)?.broadcast_mul(states)?.sum(1)?;
+        Ok((pooled, weights))
+    }
+}
+
+/// Dropout whose mask comes from a seeded generator, so a training run is reproducible.
+pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut SplitMix>) -> Result<Tensor> {
+    let Some(rng) = rng else { return Ok(x.clone()) };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.uniform() < p {
+                0.0
+            } else {
+                (1.0 / (1.0 - p)) as f32
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
+pub struct RoiHead {
+    pub pool: AttentionPool,
+    fc1: Linear,
+    fc2: Linear,
+    dropout: f64,
+}
+
+impl RoiHead {
+    pub fn load(vb: VarBuilder, hidden: usize, c: &HeadsConfig) -> Result<Self> {
+        Ok(RoiHead {
+            pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
+            fc1: linear(&vb.pp("fc1"), c.roi_hidden, hidden)?,
+            fc2: linear(&vb.pp("fc2"), 4, c.roi_hidden)?,
+            dropout: c.roi_dropout,
+        })
+    }
+
+    /// Boxes `(batch, 4)` as `x1, y1, x2, y2` in image-relative units, from the states at the
+    /// image tokens (`image_mask`, 0/1). `rng` enables dropout (training).
+    pub fn forward(
+        &self,
+        states: &Tensor,
+        image_mask: &Tensor,
+        rng: Option<&mut SplitMix>,
+    ) -> Result<Tensor> {
+        let (pooled, _) = self.pool.forward(states, image_mask)?;
+        let h = dropout(&self.fc1.forward(&pooled)?.relu()?, self.dropout, rng)?;
+        let raw = candle_nn::ops::sigmoid(&self.fc2.forward(&h)?)?;
+        let x1 = raw.narrow(1, 0, 1)?;
+        let y1 = raw.narrow(1, 1, 1)?;
+        // The far corner lies between the near one and the image edge.
+        let x2 = (&x1 + (1.0 - &x1)?.mul(&raw.narrow(1, 2, 1)?)?)?;
+        let y2 = (&y1 + (1.0 - &y1)?.mul(&raw.narrow(1, 3, 1)?)?)?;
+        Tensor::cat(&[x1, y1, x2, y2], 1)
+    }
+}
+
+pub struct MatchHead {
+    pub pool: AttentionPool,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl MatchHead {
+    pub fn load(vb: VarBuilder, hidden: usize, c: &HeadsConfig) -> Result<Self> {
+        Ok(MatchHead {
+            pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
+            fc1: linear(&vb.pp("fc1"), c.match_hidden, hidden)?,
+            fc2: linear(&vb.pp("fc2"), 1, c.match_hidden)?,
+        })
+    }
+
+    /// One logit per row `(batch)` for the pair, pooled over the valid tokens (`valid`, 0/1).
+    pub fn forward(&self, states: &Tensor, valid: &Tensor) -> Result<Tensor> {
+        let (pooled, _) = self.pool.forward(states, valid)?;
+        self.fc2
+            .forward(&self.fc1.forward(&pooled)?.relu()?)?
+            .squeeze(1)
+    }
+}
+
+/// The three learned log-variances `s = (roi, match, lm)`, initialised to 0.
+pub struct TaskWeights {
+    pub s: Tensor,
+}
+
+impl TaskWeights {
+    pub fn load(vb: VarBuilder) -> Result<Self> {
+        Ok(TaskWeights {
+            s: vb.get_with_hints(3, "log_vars", Init::Const(0.0))?,
+        })
+    }
+
+    /// `sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i` over the tasks in `losses` `(3)`, and the
+    /// weighted terms `(3)`.
+    pub fn combine(&self, losses: &Tensor) -> Result<(Tensor, Tensor)> {
+        let terms = ((self.s.neg()?.exp()? * losses)? * 0.5)?.add(&(&self.s * 0.5)?)?;
+        Ok((terms.sum_all()?, terms))
+    }
+}

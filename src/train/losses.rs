@@ -1,0 +1,159 @@
+//! The training losses, each written so that its gradient is the one intended.
+//!
+//! - ROI: SmoothL1 plus generalised IoU on the rows that have a box (and are not negatives);
+//! - match: sigmoid focal loss, with the samples that are missed diagnoses (a true pair scored
+//!   below 0.5) weighted up; the weight is a constant factor on a differentiable loss;
+//! - LM: cross-entropy on the chosen target tokens only, computed in chunks of rows so the
+//!   vocabulary-wide logits of a whole batch never exist at once.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// `log(1 + exp(x))` without overflow.
+fn softplus(x: &Tensor) -> Result<Tensor> {
+    // max(x, 0) + log(1 + exp(-|x|))
+    x.relu()? + ((x.abs()?.neg()?.exp()? + 1.0)?.log()?)
+}
+
+/// Generalised IoU of boxes `(n, 4)` (`x1, y1, x2, y2`), `(n)`.
+pub fn giou(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let c = |t: &Tensor, i: usize| t.narrow(1, i, 1);
+    let (px1, py1, px2, py2) = (c(pred, 0)?, c(pred, 1)?, c(pred, 2)?, c(pred, 3)?);
+    let (tx1, ty1, tx2, ty2) = (c(target, 0)?, c(target, 1)?, c(target, 2)?, c(target, 3)?);
+    let area_p = ((&px2 - &px1)? * (&py2 - &py1)?)?;
+    let area_t = ((&tx2 - &tx1)? * (&ty2 - &ty1)?)?;
+    let iw = (px2.minimum(&tx2)? - px1.maximum(&tx1)?)?.relu()?;
+    let ih = (py2.minimum(&ty2)? - py1.maximum(&ty1)?)?.relu()?;
+    let inter = (iw * ih)?;
+    let union = ((&area_p + &area_t)? - &inter)?;
+    let iou = (&inter / (&union + 1e-7)?)?;
+    let hull = ((px2.maximum(&tx2)? - px1.minimum(&tx1)?)?
+        * (py2.maximum(&ty2)? - py1.minimum(&ty1)?)?)?;
+    let giou = (iou - ((&hull - &union)? / (&hull + 1e-7)?)?)?;
+    giou.squeeze(1)
+}
+
+/// SmoothL1 with threshold `beta` (PyTorch's definition), averaged over the coordinates, `(n)`.
+fn smooth_l1(pred: &Tensor, target: &Tensor, beta: f64) -> Result<Tensor> {
+    let d = (pred - target)?.abs()?;
+    // 0.5 d^2 / beta below beta, d - 0.5 beta above.
+    let small = d.lt(beta)?.to_dtype(d.dtype())?;
+    let quad = ((d.sqr()? * 0.5)? / beta)?;
+    let lin = (&d - 0.5 * beta)?;
+    let per = ((&small * quad)? + ((1.0 - &small)? * lin)?)?;
+    per.mean(1)
+}
+
+/// ROI loss: mean over the rows with `weight` 1 of `SmoothL1 + (1 - GIoU)`; 0 when no row has a
+/// box. `weight` `(n)` is 0/1 (no box, or a negative pair).
+pub fn roi_loss(pred: &Tensor, target: &Tensor, weight: &Tensor, beta: f64) -> Result<Tensor> {
+    let per = (smooth_l1(pred, target, beta)? + (1.0 - giou(pred, target)?)?)?;
+    let n = weight.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    if n < 0.5 {
+        return (per * 0.0)?.sum_all();
+    }
+    (per * weight)?.sum_all()? / f64::from(n)
+}
+
+/// Settings of the match loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FocalConfig {
+    pub alpha: f64,
+    pub gamma: f64,
+    /// Factor on the loss of true pairs scored below 0.5 (missed diagnoses).
+    pub missed_weight: f64,
+}
+
+impl Default for FocalConfig {
+    fn default() -> Self {
+        FocalConfig {
+            alpha: 0.25,
+            gamma: 2.0,
+            missed_weight: 10.0,
+        }
+    }
+}
+
+/// Sigmoid focal loss of `logits` `(n)` against `labels` `(n)` (1 true pair, 0 negative),
+/// averaged; each true pair with probability below 0.5 counts `missed_weight` times.
+pub fn focal_loss(logits: &Tensor, labels: &Tensor, c: FocalConfig) -> Result<Tensor> {
+    let p = candle_nn::ops::sigmoid(logits)?;
+    // Binary cross-entropy with logits: softplus(x) - y x.
+    let bce = (softplus(logits)? - (labels * logits)?)?;
+    let p_t = ((labels * &p)? + ((1.0 - labels)? * (1.0 - &p)?)?)?;
+    let alpha_t = ((labels * c.alpha)? + ((1.0 - labels)? * (1.0 - c.alpha))?)?;
+    let modulating = (1.0 - p_t)?.powf(c.gamma)?;
+    let loss = ((alpha_t * modulating)? * bce)?;
+    // Which samples are missed diagnoses is decided on the detached prediction.
+    let missed = (labels * p.detach().lt(0.5)?.to_dtype(p.dtype())?)?;
+    let weight = ((missed * (c.missed_weight - 1.0))? + 1.0)?;
+    (loss * weight)?.mean_all()
+}
+
+/// Cross-entropy of the tokens at `targets` (`(row, position, token)`: the hidden state at
+/// `position` predicts `token`), averaged over the targets. `hidden` `(batch, seq, h)`, `head`
+/// `(vocab, h)`. Rows of logits are made `chunk` at a time.
+pub fn lm_loss(
+    hidden: &Tensor,
+    head: &Tensor,
+    targets: &[(usize, usize, u32)],
+    chunk: usize,
+) -> Result<Tensor> {
+    let device: &Device = hidden.device();
+    if targets.is_empty() {
+        return (hidden.sum_all()? * 0.0)?.to_dtype(DType::F32);
+    }
+    let (_, seq, h) = hidden.dims3()?;
+    let flat = hidden.reshape(((), h))?;
+    let mut total: Option<Tensor> = None;
+    for part in targets.chunks(chunk.max(1)) {
+        let rows: Vec<u32> = part.iter().map(|&(b, s, _)| (b * seq + s) as u32).collect();
+        let tokens: Vec<u32> = part.iter().map(|&(_, _, t)| t).collect();
+        let rows = Tensor::from_vec(rows, part.len(), device)?;
+        let tokens = Tensor::from_vec(tokens, (part.len(), 1), device)?;
+        let logits = flat
+            .index_select(&rows, 0)?
+            .matmul(&head.t()?)?
+            .to_dtype(DType::F32)?;
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked = log_probs.gather(&tokens, 1)?.sum_all()?.neg()?;
+        total = Some(match total {
+            None => picked,
+            Some(t) => (t + picked)?,
+        });
+    }
+    total.expect("targets is not empty") / targets.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn giou_is_one_for_equal_boxes_and_negative_for_far_apart_ones() {
+        let dev = Device::Cpu;
+        let a = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.0, 0.0, 0.1, 0.1]], &dev).unwrap();
+        let b = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.8, 0.8, 0.9, 0.9]], &dev).unwrap();
+        let g = giou(&a, &b).unwrap().to_vec1::<f32>().unwrap();
+        assert!((g[0] - 1.0).abs() < 1e-5);
+        // Hull 0.81, union 0.02: IoU 0 minus 0.79 / 0.81.
+        assert!((g[1] + 0.79 / 0.81).abs() < 1e-4, "{}", g[1]);
+    }
+
+    #[test]
+    fn rows_without_a_box_carry_no_roi_loss() {
+        let dev = Device::Cpu;
+        let pred = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.0, 0.0, 0.5, 0.5]], &dev).unwrap();
+        let target = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]], &dev).unwrap();
+        let only_first = Tensor::new(&[1f32, 0.0], &dev).unwrap();
+        let l = roi_loss(&pred, &target, &only_first, 0.1).unwrap();
+        assert!(l.to_scalar::<f32>().unwrap().abs() < 1e-5);
+        let none = Tensor::new(&[0f32, 0.0], &dev).unwrap();
+        assert_eq!(
+            roi_loss(&pred, &target, &none, 0.1)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+}
