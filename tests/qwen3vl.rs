@@ -3,9 +3,10 @@
 //! prompt ids and patches, the MRoPE positions, the last hidden states and the logits at every
 //! real position (1e-4), and 24 greedily generated tokens; then `roiscope infer --json`.
 
-use std::collections::HashMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+#[path = "support/qwen3vl.rs"]
+mod support;
+
+use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
@@ -17,101 +18,9 @@ use roiscope::model::ops::Exec;
 use roiscope::model::qwen3_vl::{ModelInput, Qwen3Vl};
 use roiscope::model::text::KvCache;
 use serde_json::Value;
+use support::*;
 
 const TOLERANCE: f32 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3vl")
-}
-
-/// A model folder for fixture `name` in a temporary directory: the committed files, the
-/// gunzipped weights and the bundled tokenizer.
-fn model_dir(name: &str) -> tempfile::TempDir {
-    let src = fixtures().join(name);
-    let dir = tempfile::tempdir().unwrap();
-    for file in [
-        "config.json",
-        "preprocessor_config.json",
-        "generation_config.json",
-    ] {
-        if src.join(file).is_file() {
-            std::fs::copy(src.join(file), dir.path().join(file)).unwrap();
-        }
-    }
-    let gz = std::fs::read(src.join("model.safetensors.gz")).unwrap();
-    let mut weights = Vec::new();
-    flate2::read::GzDecoder::new(&gz[..])
-        .read_to_end(&mut weights)
-        .unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), weights).unwrap();
-    std::fs::write(
-        dir.path().join("tokenizer.json"),
-        roiscope::model::tokenizer::bundled_json().unwrap(),
-    )
-    .unwrap();
-    dir
-}
-
-struct Reference {
-    json: Value,
-    tensors: HashMap<String, Tensor>,
-}
-
-impl Reference {
-    fn load(name: &str) -> Self {
-        let dir = fixtures().join(name);
-        let json =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-                .unwrap();
-        let tensors =
-            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-                .unwrap();
-        Reference { json, tensors }
-    }
-
-    fn tensor(&self, key: &str) -> &Tensor {
-        self.tensors
-            .get(key)
-            .unwrap_or_else(|| panic!("reference has no {key}"))
-    }
-
-    fn ids(&self, key: &str) -> Vec<Vec<u32>> {
-        self.tensor(key)
-            .to_dtype(DType::I64)
-            .unwrap()
-            .to_vec2::<i64>()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.into_iter().map(|v| v as u32).collect())
-            .collect()
-    }
-
-    fn live(&self) -> Vec<u32> {
-        self.json["live_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    }
-
-    fn case(&self, case: &str) -> &Value {
-        &self.json["cases"][case]
-    }
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 fn image(name: &str) -> image::RgbImage {
     load_rgb8(

@@ -150,11 +150,70 @@ fn attention_in_chunks(
     Tensor::cat(&parts, 2)
 }
 
-/// A linear layer `x W^T + b` (weights as transformers stores them).
+/// A low-rank adapter on a linear layer: `scale * B (A dropout(x))`, with `A` `(r, in)` and `B`
+/// `(out, r)` (PEFT's LoRA).
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+    /// `alpha / r`.
+    pub scale: f64,
+    pub dropout: f64,
+    /// Dropout is applied only while a generator is set (training); seeded, so runs repeat.
+    pub rng: Option<std::sync::Arc<std::sync::Mutex<super::random::SplitMix>>>,
+}
+
+impl Lora {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = match &self.rng {
+            Some(rng) if self.dropout > 0.0 => {
+                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+                let keep = 1.0 / (1.0 - self.dropout);
+                let mask: Vec<f32> = (0..x.elem_count())
+                    .map(|_| {
+                        if rng.uniform() < self.dropout {
+                            0.0
+                        } else {
+                            keep as f32
+                        }
+                    })
+                    .collect();
+                let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+                (x * mask)?
+            }
+            _ => x.clone(),
+        };
+        let a = self.a.to_dtype(x.dtype())?;
+        let b = self.b.to_dtype(x.dtype())?;
+        matmul_last(&matmul_last(&x, &a)?, &b)? * self.scale
+    }
+}
+
+/// `x W^T` for `x` of any rank (the last dimension is contracted).
+fn matmul_last(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    match x.rank() {
+        2 => x.matmul(&w.t()?),
+        _ => {
+            let dims = x.dims().to_vec();
+            let (rows, inp): (usize, usize) = (
+                dims[..dims.len() - 1].iter().product(),
+                dims[dims.len() - 1],
+            );
+            let y = x.reshape((rows, inp))?.matmul(&w.t()?)?;
+            let mut out = dims;
+            *out.last_mut().unwrap() = w.dim(0)?;
+            y.reshape(out)
+        }
+    }
+}
+
+/// A linear layer `x W^T + b` (weights as transformers stores them), optionally with a LoRA
+/// adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -165,28 +224,28 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear {
+            weight,
+            bias,
+            lora: None,
+        })
+    }
+
+    /// `(out, in)`.
+    pub fn shape(&self) -> (usize, usize) {
+        let d = self.weight.dims();
+        (d[0], d[1])
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match x.rank() {
-            2 => x.matmul(&self.weight.t()?)?,
-            _ => {
-                let dims = x.dims().to_vec();
-                let (rows, inp): (usize, usize) = (
-                    dims[..dims.len() - 1].iter().product(),
-                    dims[dims.len() - 1],
-                );
-                let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
-                let mut out = dims;
-                *out.last_mut().unwrap() = self.weight.dim(0)?;
-                y.reshape(out)?
-            }
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
+        let mut y = matmul_last(x, &self.weight)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
+        match &self.lora {
+            Some(lora) => y + lora.forward(x)?,
             None => Ok(y),
         }
     }

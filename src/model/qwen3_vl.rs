@@ -117,6 +117,20 @@ impl Qwen3Vl {
         })
     }
 
+    /// Every linear layer of the model with its transformers module name
+    /// (`model.visual.blocks.0.attn.qkv`, `model.language_model.layers.0.self_attn.q_proj`, ...),
+    /// where adapters attach.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut super::ops::Linear)> {
+        let mut out = self.vision.linears_mut("model.visual");
+        out.extend(self.text.linears_mut("model.language_model"));
+        out
+    }
+
+    /// The LM head's weight `(vocab, hidden)` (the embeddings when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.text.embed_tokens)
+    }
+
     pub fn config(&self) -> &Qwen3VlConfig {
         &self.config
     }

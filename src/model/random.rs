@@ -1,6 +1,7 @@
 //! A small deterministic random generator (SplitMix64), so a seed gives the same sample and the
 //! same initial weights on every machine.
 
+#[derive(Debug, Clone)]
 pub struct SplitMix(u64);
 
 impl SplitMix {

@@ -97,6 +97,22 @@ impl TextModel {
         })
     }
 
+    /// Every linear layer with its module name under `prefix` (as transformers names it).
+    pub fn linears_mut(&mut self, prefix: &str) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let p = format!("{prefix}.layers.{i}");
+            out.push((format!("{p}.self_attn.q_proj"), &mut l.q_proj));
+            out.push((format!("{p}.self_attn.k_proj"), &mut l.k_proj));
+            out.push((format!("{p}.self_attn.v_proj"), &mut l.v_proj));
+            out.push((format!("{p}.self_attn.o_proj"), &mut l.o_proj));
+            out.push((format!("{p}.mlp.gate_proj"), &mut l.gate_proj));
+            out.push((format!("{p}.mlp.up_proj"), &mut l.up_proj));
+            out.push((format!("{p}.mlp.down_proj"), &mut l.down_proj));
+        }
+        out
+    }
+
     pub fn config(&self) -> &TextConfig {
         &self.config
     }

@@ -238,6 +238,29 @@ impl VisionTower {
         x + b.fc2.forward(&hidden)?
     }
 
+    /// Every linear layer with its module name under `prefix` (as transformers names it).
+    pub fn linears_mut(&mut self, prefix: &str) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("{prefix}.blocks.{i}");
+            out.push((format!("{p}.attn.qkv"), &mut b.qkv));
+            out.push((format!("{p}.attn.proj"), &mut b.proj));
+            out.push((format!("{p}.mlp.linear_fc1"), &mut b.fc1));
+            out.push((format!("{p}.mlp.linear_fc2"), &mut b.fc2));
+        }
+        let mergers = std::iter::once((format!("{prefix}.merger"), &mut self.merger)).chain(
+            self.deepstack
+                .iter_mut()
+                .enumerate()
+                .map(|(j, m)| (format!("{prefix}.deepstack_merger_list.{j}"), m)),
+        );
+        for (p, m) in mergers {
+            out.push((format!("{p}.linear_fc1"), &mut m.fc1));
+            out.push((format!("{p}.linear_fc2"), &mut m.fc2));
+        }
+        out
+    }
+
     pub fn config(&self) -> &VisionConfig {
         &self.config
     }

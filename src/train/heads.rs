@@ -44,6 +44,7 @@ fn linear(vb: &VarBuilder, out: usize, inp: usize) -> Result<Linear> {
     Ok(Linear {
         weight: vb.get_with_hints((out, inp), "weight", init)?,
         bias: Some(vb.get_with_hints(out, "bias", init)?),
+        lora: None,
     })
 }
 

@@ -2,4 +2,5 @@
 //! checkpoints come with issue 5's next steps).
 
 pub mod heads;
+pub mod lora;
 pub mod losses;
