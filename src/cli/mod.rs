@@ -8,6 +8,7 @@ mod init_model;
 mod prepare;
 mod project;
 mod sample;
+mod train;
 
 use std::process::ExitCode;
 
@@ -44,6 +45,9 @@ enum Command {
     Infer(infer::Args),
     /// Write a Qwen3-VL model folder with random weights (tests and demos)
     InitModel(init_model::Args),
+    /// Fine-tune a model on a project: LoRA, ROI and match heads, live losses
+    #[command(long_about = train::LONG_ABOUT)]
+    Train(train::Args),
     /// Summarise the bundled sample project (records, fields, detected boxes)
     Sample(sample::Args),
 }
@@ -59,6 +63,7 @@ pub fn main() -> ExitCode {
         Some(Command::Infer(args)) => infer::run(args),
         Some(Command::InitModel(args)) => init_model::run(args),
         Some(Command::Sample(args)) => sample::run(args),
+        Some(Command::Train(args)) => train::run(args),
         None => sample::run_default(),
     };
     match result {

@@ -1,6 +1,15 @@
-//! Multi-task fine-tuning: the task heads and the losses (the trainer loop, LoRA, negatives and
-//! checkpoints come with issue 5's next steps).
+//! Multi-task fine-tuning of Qwen3-VL.
+//!
+//! - [`lora`]: adapters on the linear layers, in peft's layout;
+//! - [`heads`]: attention pooling, the ROI and match heads, the learned task weights;
+//! - [`losses`]: ROI (SmoothL1 + GIoU), match (focal, missed-diagnosis weight), LM (answer only);
+//! - [`data`]: examples from a project, negatives, batches;
+//! - [`optim`]: AdamW with parameter groups, schedule, clipping, accumulation;
+//! - [`trainer`]: the loop, its events and controls, checkpoints.
 
+pub mod data;
 pub mod heads;
 pub mod lora;
 pub mod losses;
+pub mod optim;
+pub mod trainer;

@@ -1,0 +1,145 @@
+//! `roiscope train`: fine-tune a model folder on a project's train split, with live progress and
+//! every event in `RUN_DIR/metrics.jsonl`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use anyhow::{bail, Context};
+use candle_core::DType;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::data::store::{Project, Split};
+use crate::model::folder::ModelFolder;
+use crate::train::data::load_examples;
+use crate::train::trainer::{Event, TrainConfig, Trainer};
+
+pub const LONG_ABOUT: &str = "Fine-tune a Qwen3-VL model folder on a project's train split.\n\n\
+    Trains LoRA adapters (the base model stays frozen), the ROI head, the match head and the \
+    learned task weights together; a share of each batch (negative_ratio) pairs a question with \
+    another record's image as a negative. Progress shows every task's loss; every event (step \
+    losses, weighted terms, task precisions, learning rates, throughput, checkpoints) is written \
+    to RUN_DIR/metrics.jsonl. Checkpoints go to RUN_DIR/checkpoint-<step>/: the adapter in peft's \
+    layout, heads.safetensors and trainer_state.json. Settings come from --config (TOML, every \
+    key optional; see README) and the flags below.";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Project folder (its train split is used)
+    #[arg(long, value_name = "DIR")]
+    project: PathBuf,
+    /// Model folder
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// Run folder for metrics and checkpoints (created; must be new or empty)
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Training settings (TOML)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Devices: cpu (data-parallel cuda:0,1 comes with the multi-device work)
+    #[arg(long, value_name = "LIST", default_value = "cpu")]
+    devices: String,
+    /// Stop after this many optimiser steps (overrides the config)
+    #[arg(long, value_name = "N")]
+    max_steps: Option<usize>,
+    /// Continue a run (not implemented yet: refused with a message)
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.resume.is_some() {
+        bail!("--resume is not implemented yet; start a new run with --out");
+    }
+    if args.devices != "cpu" {
+        bail!(
+            "--devices {}: only cpu is implemented so far (data-parallel training on several \
+             devices is not)",
+            args.devices
+        );
+    }
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::from_toml_file(path)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(n) = args.max_steps {
+        config.max_steps = n;
+    }
+    config.validate()?;
+    if args.out.exists()
+        && std::fs::read_dir(&args.out)
+            .with_context(|| format!("cannot read {}", args.out.display()))?
+            .next()
+            .is_some()
+    {
+        bail!("{} is not empty; give a new run folder", args.out.display());
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let project = Project::open(&args.project)?;
+    let examples = load_examples(&project, Split::Train)?;
+    let folder = ModelFolder::open(&args.model, DType::F32, &candle_core::Device::Cpu)?;
+    let mut trainer = Trainer::new(config, folder, examples, &args.out)?;
+
+    let metrics_path = args.out.join("metrics.jsonl");
+    let mut metrics = std::io::BufWriter::new(
+        std::fs::File::create(&metrics_path)
+            .with_context(|| format!("cannot create {}", metrics_path.display()))?,
+    );
+    let (events_tx, events_rx) = mpsc::channel();
+    let (_control_tx, control_rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || trainer.run(&events_tx, &control_rx));
+
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    for event in events_rx {
+        let mut line = serde_json::to_value(&event)?;
+        line["time"] = serde_json::json!(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0));
+        writeln!(metrics, "{line}")?;
+        metrics.flush()?;
+        match &event {
+            Event::Started {
+                total_steps,
+                examples,
+                trainable_parameters,
+            } => {
+                bar.set_length(*total_steps as u64);
+                bar.println(format!(
+                    "training on {examples} examples, {total_steps} steps, {trainable_parameters} trainable parameters"
+                ));
+            }
+            Event::Step {
+                step, loss, total, ..
+            } => {
+                bar.set_position(*step as u64);
+                bar.set_message(format!(
+                    "roi {:.3}  match {:.3}  lm {:.3}  total {:.3}",
+                    loss[0], loss[1], loss[2], total
+                ));
+            }
+            Event::Checkpoint { dir, .. } => bar.println(format!("checkpoint {}", dir.display())),
+            Event::Warning { message } => bar.println(format!("warning: {message}")),
+            Event::Finished { step } | Event::Stopped { step } => {
+                bar.finish_and_clear();
+                eprintln!(
+                    "done after {step} steps; metrics in {}",
+                    metrics_path.display()
+                );
+            }
+            _ => {}
+        }
+    }
+    match worker.join() {
+        Ok(result) => result.map(|()| ExitCode::SUCCESS),
+        Err(_) => bail!("the training thread panicked"),
+    }
+}

@@ -1,0 +1,239 @@
+//! The trainer as a user meets it: `roiscope train` on the bundled sample project with a tiny
+//! random model (metrics, checkpoints in peft's layout), stopping on request, a non-finite loss,
+//! and the batch layout (answer tokens only carry LM loss; negatives carry none).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+
+use candle_core::{DType, Device};
+use roiscope::data::store::{Project, Split};
+use roiscope::model::folder::{init_model, InitSize, ModelFolder};
+use roiscope::train::data::{build_sample, collate, load_examples};
+use roiscope::train::lora;
+use roiscope::train::trainer::{Control, Event, TrainConfig, Trainer};
+use serde_json::Value;
+
+fn roiscope() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_roiscope"))
+}
+
+fn sample_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample")
+}
+
+/// A prepared copy of the sample project and a tiny random model, in `dir`.
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let project = dir.join("project");
+    let out = roiscope()
+        .args(["prepare", "--input"])
+        .arg(sample_dir().join("raw_data.json"))
+        .arg("--images")
+        .arg(sample_dir())
+        .arg("--project")
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = dir.join("model");
+    init_model(InitSize::Tiny, &model, DType::F32, 0, |_, _| {}).unwrap();
+    (project, model)
+}
+
+fn config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        max_steps: steps,
+        batch_size: 2,
+        grad_accum: 1,
+        warmup_steps: 1,
+        lora_r: 4,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn train_command_writes_metrics_and_peft_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, model) = setup(tmp.path());
+    let config_path = tmp.path().join("train.toml");
+    std::fs::write(
+        &config_path,
+        "batch_size = 2\ngrad_accum = 1\nlora_r = 4\ncheckpoint_every = 1\n",
+    )
+    .unwrap();
+    let run = tmp.path().join("run");
+    let out = roiscope()
+        .arg("train")
+        .arg("--project")
+        .arg(&project)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&run)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--max-steps", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let events: Vec<Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "started",
+            "step",
+            "checkpoint",
+            "step",
+            "checkpoint",
+            "finished"
+        ]
+    );
+    let step = &events[1];
+    for key in ["loss", "weighted", "precision"] {
+        let v = step[key].as_array().unwrap();
+        assert_eq!(v.len(), 3);
+        assert!(v.iter().all(|x| x.as_f64().unwrap().is_finite()), "{key}");
+    }
+    for key in [
+        "total",
+        "lr_lora",
+        "lr_heads",
+        "samples_per_second",
+        "tokens_per_second",
+        "eta_seconds",
+    ] {
+        assert!(step[key].as_f64().unwrap().is_finite(), "{key}");
+    }
+    // The checkpoint's adapter loads into a fresh model; the heads are all there.
+    let ckpt = run.join("checkpoint-2");
+    let mut folder = ModelFolder::open(&model, DType::F32, &Device::Cpu).unwrap();
+    let set = lora::load_peft(&mut folder.model, &ckpt.join("adapter"), &Device::Cpu).unwrap();
+    assert_eq!(
+        set.modules.len(),
+        6,
+        "2 layers x (q_proj, v_proj, gate_proj)"
+    );
+    let heads =
+        candle_core::safetensors::load(ckpt.join("heads.safetensors"), &Device::Cpu).unwrap();
+    assert!(heads.contains_key("task.log_vars") && heads.contains_key("roi.fc2.weight"));
+    // The run folder is not reused.
+    let again = roiscope()
+        .arg("train")
+        .arg("--project")
+        .arg(&project)
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+}
+
+fn trainer(dir: &Path, config: TrainConfig) -> (Trainer, PathBuf) {
+    let (project, model) = setup(dir);
+    let project = Project::open(&project).unwrap();
+    let examples = load_examples(&project, Split::Train).unwrap();
+    let folder = ModelFolder::open(&model, DType::F32, &Device::Cpu).unwrap();
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    (Trainer::new(config, folder, examples, &run).unwrap(), run)
+}
+
+#[test]
+fn stop_saves_within_one_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut t, run) = trainer(tmp.path(), config(50));
+    let (events_tx, events_rx) = mpsc::channel();
+    let (control_tx, control_rx) = mpsc::channel();
+    control_tx.send(Control::Pause).unwrap();
+    control_tx.send(Control::Resume).unwrap();
+    control_tx.send(Control::Stop).unwrap();
+    t.run(&events_tx, &control_rx).unwrap();
+    drop(events_tx);
+    let events: Vec<Event> = events_rx.iter().collect();
+    assert!(matches!(events[1], Event::Paused { step: 0 }));
+    assert!(matches!(events[2], Event::Resumed { step: 0 }));
+    // The stop arrives before the next batch: no step is taken, a checkpoint is written.
+    assert!(matches!(events[3], Event::Checkpoint { step: 0, .. }));
+    assert!(matches!(events.last(), Some(Event::Stopped { step: 0 })));
+    assert!(run
+        .join("checkpoint-0/adapter/adapter_model.safetensors")
+        .is_file());
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(20);
+    c.lr_heads = 1e30;
+    c.max_grad_norm = 1e30;
+    c.checkpoint_every = 1;
+    let (mut t, run) = trainer(tmp.path(), c);
+    let (events_tx, events_rx) = mpsc::channel();
+    let (_control_tx, control_rx) = mpsc::channel();
+    let err = t.run(&events_tx, &control_rx).unwrap_err().to_string();
+    assert!(err.contains("not finite"), "{err}");
+    drop(events_tx);
+    let events: Vec<Event> = events_rx.iter().collect();
+    assert!(matches!(events.last(), Some(Event::Error { .. })));
+    assert!(run.join("checkpoint-1/heads.safetensors").is_file());
+}
+
+#[test]
+fn only_answer_tokens_carry_lm_loss_and_negatives_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, model) = setup(tmp.path());
+    let project = Project::open(&project).unwrap();
+    let examples = load_examples(&project, Split::Train).unwrap();
+    let folder = ModelFolder::open(&model, DType::F32, &Device::Cpu).unwrap();
+    let (a, b) = (&examples[0], &examples[1]);
+    let positive = build_sample(a, a, &folder.tokenizer, &folder.processor).unwrap();
+    // A negative: a's text with b's image, re-processed (grid and pad count are b's).
+    let negative = build_sample(a, b, &folder.tokenizer, &folder.processor).unwrap();
+    let b_alone = build_sample(b, b, &folder.tokenizer, &folder.processor).unwrap();
+    assert!(negative.negative && negative.roi.is_none());
+    assert_eq!(negative.image.grid_thw, b_alone.image.grid_thw);
+    let pad = folder.tokenizer.special().image_pad;
+    let pads = |ids: &[u32]| ids.iter().filter(|&&t| t == pad).count();
+    assert_eq!(pads(&negative.ids), pads(&b_alone.ids));
+
+    let special = folder.tokenizer.special();
+    let batch = collate(
+        &[positive.clone(), negative],
+        special.endoftext,
+        pad,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let shift = batch.input.seq_len() - positive.ids.len();
+    let want: Vec<(usize, usize, u32)> = positive
+        .answer
+        .clone()
+        .map(|p| (0, shift + p - 1, positive.ids[p]))
+        .collect();
+    assert_eq!(batch.lm_targets, want, "answer tokens of the positive only");
+    let answer = folder
+        .tokenizer
+        .decode(&positive.ids[positive.answer.clone()])
+        .unwrap();
+    assert_eq!(answer, format!("{}<|im_end|>", a.answer));
+    assert_eq!(batch.labels.to_vec1::<f32>().unwrap(), [1.0, 0.0]);
+}
