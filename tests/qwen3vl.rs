@@ -6,6 +6,7 @@
 #[path = "support/qwen3vl.rs"]
 mod support;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -457,4 +458,48 @@ fn a_one_pixel_image_is_answered() {
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["image_grid_thw"], serde_json::json!([1, 4, 4]));
+}
+
+/// A checkpoint split into shards with `model.safetensors.index.json` loads to the same model.
+#[test]
+fn sharded_checkpoints_load() {
+    let dir = model_dir("a");
+    let path = dir.path();
+    let all = candle_core::safetensors::load(path.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    let mut shards: [HashMap<String, Tensor>; 2] = [HashMap::new(), HashMap::new()];
+    for (i, name) in names.iter().enumerate() {
+        let shard = i % 2;
+        shards[shard].insert((*name).clone(), all[*name].clone());
+        map.insert(
+            (*name).clone(),
+            Value::String(format!("model-0000{}-of-00002.safetensors", shard + 1)),
+        );
+    }
+    for (i, shard) in shards.iter().enumerate() {
+        candle_core::safetensors::save(
+            shard,
+            path.join(format!("model-0000{}-of-00002.safetensors", i + 1)),
+        )
+        .unwrap();
+    }
+    std::fs::remove_file(path.join("model.safetensors")).unwrap();
+    std::fs::write(
+        path.join("model.safetensors.index.json"),
+        serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let folder = ModelFolder::open(path, DType::F32, &Device::Cpu).unwrap();
+    let reference = Reference::load("a");
+    let input = build_input(&folder, &reference, "text");
+    check_forward(&folder.model, &input, &reference, "text", Exec::Fused);
+    // A shard that is listed but missing is named.
+    std::fs::remove_file(path.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = ModelFolder::open(path, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::Qwen3VlConfig;
@@ -225,8 +225,138 @@ pub fn check_names(
     Ok(())
 }
 
-/// Memory-maps the checkpoint after checking every name and shape; tensors are converted to
-/// `dtype` as they are read.
+/// Where one tensor lies in a safetensors file.
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Byte range within the file.
+    start: u64,
+    len: usize,
+}
+
+/// Tensors read from the safetensors files one at a time with positioned reads, so loading
+/// holds no more than the model plus one tensor in memory (a memory map would keep every page
+/// it touched resident next to the copies, about twice the model at the peak).
+struct FileTensors {
+    files: Vec<(PathBuf, std::fs::File)>,
+    entries: HashMap<String, Entry>,
+}
+
+impl FileTensors {
+    fn open(paths: &[PathBuf]) -> anyhow::Result<Self> {
+        let mut files = Vec::new();
+        let mut entries = HashMap::new();
+        for (i, path) in paths.iter().enumerate() {
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            let size = file.metadata()?.len();
+            let mut len_bytes = [0u8; 8];
+            std::io::Read::read_exact(&mut file, &mut len_bytes)
+                .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+            let header_len = u64::from_le_bytes(len_bytes);
+            if header_len > 100 << 20 || 8 + header_len > size {
+                bail!(
+                    "{} is not a safetensors file (bad header size)",
+                    path.display()
+                );
+            }
+            let mut header = vec![0u8; header_len as usize];
+            std::io::Read::read_exact(&mut file, &mut header)?;
+            let header: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&header).with_context(|| {
+                    format!("{}: unreadable safetensors header", path.display())
+                })?;
+            let base = 8 + header_len;
+            for (name, info) in header {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let bad = || format!("{}: bad header entry for {name}", path.display());
+                let dtype = match info["dtype"].as_str() {
+                    Some("F32") => DType::F32,
+                    Some("BF16") => DType::BF16,
+                    Some("F16") => DType::F16,
+                    Some(other) => {
+                        bail!("tensor {name} is {other}; weights must be F32, BF16 or F16")
+                    }
+                    None => bail!(bad()),
+                };
+                let shape: Vec<usize> = info["shape"]
+                    .as_array()
+                    .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
+                    .with_context(bad)?;
+                let offsets: Vec<u64> = info["data_offsets"]
+                    .as_array()
+                    .and_then(|a| a.iter().map(serde_json::Value::as_u64).collect())
+                    .with_context(bad)?;
+                let [from, to] = offsets[..] else {
+                    bail!(bad())
+                };
+                let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+                if to < from || (to - from) as usize != expected || base + to > size {
+                    bail!(
+                        "{}: the data of {name} does not fit its shape or the file",
+                        path.display()
+                    );
+                }
+                entries.insert(
+                    name,
+                    Entry {
+                        file: i,
+                        dtype,
+                        shape,
+                        start: base + from,
+                        len: expected,
+                    },
+                );
+            }
+            files.push((path.clone(), file));
+        }
+        Ok(FileTensors { files, entries })
+    }
+
+    fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        use std::os::unix::fs::FileExt;
+        let Some(e) = self.entries.get(name) else {
+            candle_core::bail!("no tensor {name} in the checkpoint");
+        };
+        let (path, file) = &self.files[e.file];
+        let mut bytes = vec![0u8; e.len];
+        file.read_exact_at(&mut bytes, e.start).map_err(|err| {
+            candle_core::Error::Msg(format!("cannot read {name} from {}: {err}", path.display()))
+        })?;
+        Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?.to_dtype(dtype)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for FileTensors {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.read(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!("{name} is {:?}, the model needs {:?}", t.dims(), s.dims());
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.read(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+/// Opens the checkpoint after checking every name and shape; tensors are read and converted to
+/// `dtype` as the model asks for them.
 pub fn load(
     config: &Qwen3VlConfig,
     dir: &Path,
@@ -234,18 +364,12 @@ pub fn load(
     device: &Device,
 ) -> anyhow::Result<VarBuilder<'static>> {
     let files = checkpoint_files(dir)?;
-    // SAFETY: the files are mapped read-only; roiscope never writes to a model folder while a
-    // model from it is loaded.
-    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-        .with_context(|| format!("cannot read the safetensors files in {}", dir.display()))?;
-    let mut found = HashMap::new();
-    for (name, view) in tensors.tensors() {
-        match view.dtype() {
-            safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16 => {}
-            other => bail!("tensor {name} is {other:?}; weights must be f32, bf16 or f16"),
-        }
-        found.insert(name, view.shape().to_vec());
-    }
+    let tensors = FileTensors::open(&files)?;
+    let found: HashMap<String, Vec<usize>> = tensors
+        .entries
+        .iter()
+        .map(|(k, e)| (k.clone(), e.shape.clone()))
+        .collect();
     check_names(config, &found)?;
     Ok(VarBuilder::from_backend(
         Box::new(tensors),
