@@ -21,8 +21,9 @@ pub const LONG_ABOUT: &str = "Fine-tune a Qwen3-VL model folder on a project's t
     another record's image as a negative. Progress shows every task's loss; every event (step \
     losses, weighted terms, task precisions, learning rates, throughput, checkpoints) is written \
     to RUN_DIR/metrics.jsonl. Checkpoints go to RUN_DIR/checkpoint-<step>/: the adapter in peft's \
-    layout, heads.safetensors and trainer_state.json. Settings come from --config (TOML, every \
-    key optional; see README) and the flags below.";
+    layout, heads.safetensors, optimizer.safetensors and trainer_state.json; --resume continues the \
+    run from its latest checkpoint exactly as if it had not stopped. Settings come from --config \
+    (TOML, every key optional; see README) and the flags below.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,8 +34,13 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
     /// Run folder for metrics and checkpoints (created; must be new or empty)
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "resume",
+        conflicts_with = "resume"
+    )]
+    out: Option<PathBuf>,
     /// Training settings (TOML)
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -44,15 +50,12 @@ pub struct Args {
     /// Stop after this many optimiser steps (overrides the config)
     #[arg(long, value_name = "N")]
     max_steps: Option<usize>,
-    /// Continue a run (not implemented yet: refused with a message)
-    #[arg(long, value_name = "RUN_DIR")]
+    /// Continue the run in RUN_DIR from its latest checkpoint, with the run's own settings
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
     resume: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.resume.is_some() {
-        bail!("--resume is not implemented yet; start a new run with --out");
-    }
     if args.devices != "cpu" {
         bail!(
             "--devices {}: only cpu is implemented so far (data-parallel training on several \
@@ -60,33 +63,48 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.devices
         );
     }
-    let mut config = match &args.config {
-        Some(path) => TrainConfig::from_toml_file(path)?,
-        None => TrainConfig::default(),
-    };
-    if let Some(n) = args.max_steps {
-        config.max_steps = n;
-    }
-    config.validate()?;
-    if args.out.exists()
-        && std::fs::read_dir(&args.out)
-            .with_context(|| format!("cannot read {}", args.out.display()))?
-            .next()
-            .is_some()
-    {
-        bail!("{} is not empty; give a new run folder", args.out.display());
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
     let project = Project::open(&args.project)?;
     let examples = load_examples(&project, Split::Train)?;
     let folder = ModelFolder::open(&args.model, DType::F32, &candle_core::Device::Cpu)?;
-    let mut trainer = Trainer::new(config, folder, examples, &args.out)?;
+    let (mut trainer, run_dir) = match (&args.resume, &args.out) {
+        (Some(run), _) => {
+            if args.max_steps.is_some() {
+                bail!("--max-steps cannot change a resumed run (its schedule depends on it)");
+            }
+            (Trainer::resume(folder, examples, run)?, run.clone())
+        }
+        (None, Some(out)) => {
+            let mut config = match &args.config {
+                Some(path) => TrainConfig::from_toml_file(path)?,
+                None => TrainConfig::default(),
+            };
+            if let Some(n) = args.max_steps {
+                config.max_steps = n;
+            }
+            config.validate()?;
+            if out.exists()
+                && std::fs::read_dir(out)
+                    .with_context(|| format!("cannot read {}", out.display()))?
+                    .next()
+                    .is_some()
+            {
+                bail!("{} is not empty; give a new run folder", out.display());
+            }
+            std::fs::create_dir_all(out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            (Trainer::new(config, folder, examples, out)?, out.clone())
+        }
+        (None, None) => bail!("give --out for a new run or --resume for an old one"),
+    };
 
-    let metrics_path = args.out.join("metrics.jsonl");
+    let metrics_path = run_dir.join("metrics.jsonl");
+    // A resumed run appends to its metrics.
     let mut metrics = std::io::BufWriter::new(
-        std::fs::File::create(&metrics_path)
-            .with_context(|| format!("cannot create {}", metrics_path.display()))?,
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("cannot open {}", metrics_path.display()))?,
     );
     let (events_tx, events_rx) = mpsc::channel();
     let (_control_tx, control_rx) = mpsc::channel();

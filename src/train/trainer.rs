@@ -199,6 +199,14 @@ pub enum Control {
     Stop,
 }
 
+/// Where the run is in the data: the epoch, its shuffled order, and the next batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Position {
+    epoch: usize,
+    order: Vec<usize>,
+    next_batch: usize,
+}
+
 pub struct Trainer {
     config: TrainConfig,
     folder: ModelFolder,
@@ -210,6 +218,8 @@ pub struct Trainer {
     task: TaskWeights,
     opt: AdamW,
     rng: SplitMix,
+    dropout_rng: Arc<Mutex<SplitMix>>,
+    position: Position,
     out: PathBuf,
     device: Device,
 }
@@ -254,7 +264,7 @@ impl Trainer {
         let mut rng = SplitMix::new(config.seed);
         let lora = lora::attach(&mut folder.model, &config.lora(), rng.next_u64(), &device)?;
         let dropout_rng = Arc::new(Mutex::new(SplitMix::new(rng.next_u64())));
-        lora::set_dropout_rng(&mut folder.model, Some(dropout_rng));
+        lora::set_dropout_rng(&mut folder.model, Some(dropout_rng.clone()));
         let heads_vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&heads_vars, DType::F32, &device);
         let hidden = folder.config.text.hidden_size;
@@ -299,9 +309,68 @@ impl Trainer {
             task,
             opt,
             rng,
+            dropout_rng,
+            position: Position::default(),
             out: out.to_path_buf(),
             device,
         })
+    }
+
+    /// Continues the run in `run` from its latest checkpoint: adapters, heads, task weights,
+    /// optimiser moments, random generators and the place in the data are restored, so the
+    /// steps that follow are those the run would have taken. The settings are the run's own.
+    pub fn resume(folder: ModelFolder, examples: Vec<Example>, run: &Path) -> anyhow::Result<Self> {
+        let ckpt = latest_checkpoint(run)?;
+        let state = crate::data::files::read_json(&ckpt.join("trainer_state.json"))?;
+        let what = ckpt.display();
+        let config: TrainConfig = serde_json::from_value(state["config"].clone())
+            .with_context(|| format!("{what}: unreadable config"))?;
+        let position: Position = serde_json::from_value(state["position"].clone())
+            .with_context(|| format!("{what}: unreadable position"))?;
+        let number = |key: &str| -> anyhow::Result<u64> {
+            state[key]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .with_context(|| format!("{what}: no {key}"))
+        };
+        let (rng, dropout) = (number("rng")?, number("dropout_rng")?);
+        let step = state["step"]
+            .as_u64()
+            .with_context(|| format!("{what}: no step"))? as usize;
+        ensure!(
+            position.order.is_empty() || position.order.len() == examples.len(),
+            "the project's train split has {} records, the run was trained on {}; resuming would \
+             not continue the same run",
+            examples.len(),
+            position.order.len()
+        );
+        let mut t = Trainer::new(config, folder, examples, run)?;
+        restore(
+            &t.lora.varmap,
+            &ckpt.join("adapter/adapter_model.safetensors"),
+        )?;
+        restore(&t.heads_vars, &ckpt.join("heads.safetensors"))?;
+        let moments = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &t.device)
+            .with_context(|| format!("{what}: cannot read optimizer.safetensors"))?;
+        for group in &t.opt.groups {
+            for (name, _) in &group.vars {
+                if let (Some(m), Some(v)) = (
+                    moments.get(&format!("m.{name}")),
+                    moments.get(&format!("v.{name}")),
+                ) {
+                    t.opt.moments.insert(name.clone(), (m.clone(), v.clone()));
+                }
+            }
+        }
+        ensure!(
+            step == 0 || !t.opt.moments.is_empty(),
+            "{what}: optimizer.safetensors has no moments for this run's parameters"
+        );
+        t.opt.step = step;
+        t.rng = SplitMix::new(rng);
+        *t.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) = SplitMix::new(dropout);
+        t.position = position;
+        Ok(t)
     }
 
     pub fn total_steps(&self) -> usize {
@@ -353,27 +422,45 @@ impl Trainer {
             trainable_parameters: self.trainable_parameters(),
         });
         let started = Instant::now();
+        let first_step = self.opt.step;
         let mut samples_seen = 0usize;
         let mut tokens_seen = 0usize;
         let mut acc = Accumulated::default();
         let mut sums = [0f64; 3];
         let mut negatives = 0usize;
-        let mut epoch = 0;
-        while self.opt.step < total_steps {
-            // A seeded shuffle per epoch (Fisher-Yates).
-            let mut order: Vec<usize> = (0..self.examples.len()).collect();
-            for i in (1..order.len()).rev() {
-                let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
-                order.swap(i, j);
+        let mut stop_requested = false;
+        'epochs: while self.opt.step < total_steps {
+            if self.position.order.is_empty() {
+                // A seeded shuffle per epoch (Fisher-Yates).
+                let mut order: Vec<usize> = (0..self.examples.len()).collect();
+                for i in (1..order.len()).rev() {
+                    let j = (self.rng.next_u64() % (i as u64 + 1)) as usize;
+                    order.swap(i, j);
+                }
+                self.position.order = order;
+                self.position.next_batch = 0;
             }
-            for chunk in order.chunks(self.config.batch_size) {
+            let chunks: Vec<Vec<usize>> = self
+                .position
+                .order
+                .chunks(self.config.batch_size)
+                .map(<[usize]>::to_vec)
+                .collect();
+            while self.position.next_batch < chunks.len() {
                 if self.poll_control(events, control)? == Some(Control::Stop) {
+                    stop_requested = true;
+                }
+                // A stop is honoured at a step boundary, so a checkpoint never holds half an
+                // accumulated step and resuming repeats the run exactly.
+                if stop_requested && acc.batches == 0 {
                     self.checkpoint(events)?;
                     let _ = events.send(Event::Stopped {
                         step: self.opt.step,
                     });
                     return Ok(());
                 }
+                let chunk = &chunks[self.position.next_batch];
+                self.position.next_batch += 1;
                 let (losses, batch_tokens, batch_negatives) = self.batch(chunk, &mut acc)?;
                 for (s, l) in sums.iter_mut().zip(losses) {
                     *s += l;
@@ -381,7 +468,15 @@ impl Trainer {
                 negatives += batch_negatives;
                 samples_seen += chunk.len();
                 tokens_seen += batch_tokens;
+                let epoch_done = self.position.next_batch == chunks.len();
+                if epoch_done {
+                    self.position.order.clear();
+                    self.position.epoch += 1;
+                }
                 if acc.batches < self.config.grad_accum {
+                    if epoch_done {
+                        continue 'epochs;
+                    }
                     continue;
                 }
                 let factor =
@@ -399,10 +494,11 @@ impl Trainer {
                     [0, 1, 2].map(|i| 0.5 * precision[i] * loss[i] + 0.5 * f64::from(s[i]));
                 let elapsed = started.elapsed().as_secs_f64();
                 let step = self.opt.step;
+                let done_here = (step - first_step).max(1);
                 let _ = events.send(Event::Step {
                     step,
                     total_steps,
-                    epoch,
+                    epoch: self.position.epoch - usize::from(epoch_done),
                     loss,
                     weighted,
                     precision,
@@ -413,20 +509,21 @@ impl Trainer {
                     negatives,
                     samples_per_second: samples_seen as f64 / elapsed,
                     tokens_per_second: tokens_seen as f64 / elapsed,
-                    eta_seconds: elapsed / step as f64 * (total_steps - step) as f64,
+                    eta_seconds: elapsed / done_here as f64 * (total_steps - step) as f64,
                 });
                 negatives = 0;
+                if step >= total_steps {
+                    break 'epochs;
+                }
                 if self.config.checkpoint_every > 0
                     && step.is_multiple_of(self.config.checkpoint_every)
-                    && step < total_steps
                 {
                     self.checkpoint(events)?;
                 }
-                if step >= total_steps {
-                    break;
+                if epoch_done {
+                    continue 'epochs;
                 }
             }
-            epoch += 1;
         }
         self.checkpoint(events)?;
         let _ = events.send(Event::Finished {
@@ -560,11 +657,26 @@ impl Trainer {
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect();
         candle_core::safetensors::save(&heads, staging.join("heads.safetensors"))?;
+        let mut moments = std::collections::HashMap::new();
+        for (name, (m, v)) in &self.opt.moments {
+            moments.insert(format!("m.{name}"), m.clone());
+            moments.insert(format!("v.{name}"), v.clone());
+        }
+        candle_core::safetensors::save(&moments, staging.join("optimizer.safetensors"))?;
+        let dropout_state = self
+            .dropout_rng
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .state();
         let state = serde_json::json!({
             "step": step,
             "config": self.config,
             "tasks": TASKS,
             "model": self.folder.dir,
+            "position": self.position,
+            // Decimal strings: JSON numbers would lose bits of a u64 in many readers.
+            "rng": self.rng.state().to_string(),
+            "dropout_rng": dropout_state.to_string(),
         });
         std::fs::write(
             staging.join("trainer_state.json"),
@@ -581,4 +693,51 @@ impl Trainer {
         });
         Ok(final_dir)
     }
+}
+
+/// The highest-numbered `checkpoint-<step>` folder of a run.
+pub fn latest_checkpoint(run: &Path) -> anyhow::Result<PathBuf> {
+    let mut best: Option<(usize, PathBuf)> = None;
+    for entry in std::fs::read_dir(run).with_context(|| format!("cannot read {}", run.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(step) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            if best.as_ref().is_none_or(|(s, _)| step > *s) {
+                best = Some((step, entry.path()));
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+        .with_context(|| format!("{} has no checkpoint to resume from", run.display()))
+}
+
+/// Sets every variable from a safetensors file that must hold exactly these names and shapes.
+fn restore(vars: &VarMap, file: &Path) -> anyhow::Result<()> {
+    let saved = candle_core::safetensors::load(file, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let data = vars.data().lock().expect("varmap");
+    let mut problems = Vec::new();
+    for (name, var) in data.iter() {
+        match saved.get(name) {
+            Some(t) if t.dims() == var.dims() => var.set(&t.to_device(var.device())?)?,
+            Some(t) => problems.push(format!(
+                "{name} is {:?}, expected {:?}",
+                t.dims(),
+                var.dims()
+            )),
+            None => problems.push(format!("{name} is missing")),
+        }
+    }
+    for name in saved.keys() {
+        if !data.contains_key(name) {
+            problems.push(format!("{name} is unexpected"));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}: {}", file.display(), problems.join("; "));
+    }
+    Ok(())
 }
