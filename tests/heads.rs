@@ -2,6 +2,9 @@
 //! (`tests/fixtures/make_heads_fixtures.py`): outputs, every loss term, the weighted total, and
 //! the gradients of every head parameter, the task weights and the hidden states.
 
+#[path = "support/qwen3vl.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -9,41 +12,12 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use roiscope::train::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
 use roiscope::train::losses::{focal_loss, lm_loss, roi_loss, FocalConfig};
+use support::{max_abs_diff as absolute, relative_diff as relative};
 
 fn reference() -> HashMap<String, Tensor> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/heads/reference.safetensors");
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-/// Largest difference relative to the reference's largest magnitude. A gradient that is zero in
-/// exact arithmetic (the bias before a softmax) is compared against 1e-6 instead.
-fn relative(ours: &Tensor, want: &Tensor) -> f32 {
-    let max = |t: &Tensor| -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
-    let diff = max(&(ours - want).unwrap());
-    diff / max(want).max(1e-3)
-}
-
-fn absolute(ours: &Tensor, want: &Tensor) -> f32 {
-    (ours - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

@@ -40,20 +40,6 @@ fn live_logits(folder: &ModelFolder, input: &ModelInput, live: &[u32], exec: Exe
         .unwrap()
 }
 
-fn relative(ours: &Tensor, want: &Tensor) -> f32 {
-    let max = |t: &Tensor| -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
-    max(&(ours - want).unwrap()) / max(want).max(1e-3)
-}
-
 #[test]
 fn peft_adapters_give_peft_outputs_and_gradients() {
     let dir = model_dir("a");
@@ -94,7 +80,7 @@ fn peft_adapters_give_peft_outputs_and_gradients() {
         let g = grads
             .get(var.as_tensor())
             .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let rel = relative(g, &peft[&format!("grad.{name}")]);
+        let rel = relative_diff(g, &peft[&format!("grad.{name}")]);
         assert!(rel < 1e-3, "{name}: relative gradient difference {rel}");
     }
     // The fused path gives the same logits.

@@ -102,3 +102,19 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar()
         .unwrap()
 }
+
+/// Largest difference relative to the reference's largest magnitude; a reference that is about
+/// zero everywhere (a gradient that vanishes in exact arithmetic) is compared against 1e-3, so
+/// its tolerance becomes about 1e-6 absolute.
+pub fn relative_diff(ours: &Tensor, want: &Tensor) -> f32 {
+    let largest: f32 = want
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    max_abs_diff(ours, want) / largest.max(1e-3)
+}
