@@ -2,8 +2,11 @@
 """Qwen3-VL on CPU: `roiscope infer` (candle) against transformers, side by side in one run.
 
     python3 benches/qwen3vl.py --tiny [--threads 1,2] [--runs 3] [--new-tokens 32] [--attn sdpa]
-    python3 benches/qwen3vl.py --2b [--threads 2] [--attn sdpa]
-    python3 benches/qwen3vl.py --tiny --attn eager,sdpa   # compare transformers' attention kinds
+    python3 benches/qwen3vl.py --2b [--threads 2] [--new-tokens 1] [--attn sdpa]
+    python3 benches/qwen3vl.py --tiny --attn sdpa,eager          # both attention kinds
+    python3 benches/qwen3vl.py --2b --new-tokens 8               # decode speed too
+    python3 benches/qwen3vl.py --2b --new-tokens 8 --roiscope-dtype f32 --sides roiscope
+    python3 benches/qwen3vl.py --2b --new-tokens 8 --transformers-dtype f32 --sides transformers
 
 Needs torch (CPU), transformers 5, tokenizers, safetensors, Pillow and numpy. Builds roiscope with
 `cargo build --release` first (leave it out with --no-build; --exe picks another binary).
@@ -20,12 +23,21 @@ speed, not answers), the same synthetic 448x448 PNG and the same prompt string:
                     token's logits (and its argmax);
            decode:  tokens after the first per second (N-1 tokens over the time from the first
                     token to the last one, each a one-token forward over the KV cache).
-         Also checks that both sides emit the same greedy token ids (they should on f32).
+         Checks that both sides emit the same greedy token ids: on the timed folder (whose tiny
+         random weights make both repeat "\\n") and, first, on a copy with larger, untied weights
+         (see rescaled_copy) where the ids wander over the vocabulary; it prints transformers'
+         smallest top-1 logit margin so that a difference can be told from a near-tie.
 --2b     `init-model --config 2b --bf16` (the Qwen3-VL-2B-Instruct architecture, 2.1 B
-         parameters), bf16 on both sides, one run each with one new token: load time, prefill
-         (the one forward over the image and the text) and peak resident memory of the process.
-         Each side runs alone in its own process; the model folder (4.3 GB) is deleted at the end
-         unless --keep.
+         parameters), bf16 on both sides (--roiscope-dtype / --transformers-dtype f32: the same
+         bf16 folder widened to f32 at load), one run each with --new-tokens (default 1): load
+         time, prefill (the one forward over the image and the text), decode rate when more than
+         one token, and peak resident memory of the process. Each side runs alone in its own
+         process; a side is stopped after --timeout s. The model folder (4.3 GB) is deleted at
+         the end unless --keep.
+
+This machine may be shared: every measurement waits until the CPUs are idle (under 10% busy),
+and is taken again (up to --tries times) when other processes used more than 10% of a core
+while it ran; the CPU seconds others used are printed with each result.
 
 What is timed, exactly:
   roiscope      `RAYON_NUM_THREADS=N roiscope infer --json`, a new process per run; its own
@@ -59,8 +71,8 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGE_PAD = "<|image_pad|>"
 TINY_TEXT = "Describe the region of interest in this chest CT image and give its bounding box."
 # About 50 tokens, so the text part of the prompt (with the chat template's) is about 64.
-LONG_TEXT = ("Look at this medical image carefully. Describe the modality, the organ that is shown, "
-             "the location and size of the region of interest marked by the green box, and any "
+LONG_TEXT = ("Look at this medical image carefully. Describe the modality, the organ that is "
+             "shown, the location and size of the region of interest marked by the green box, and any "
              "finding that would suggest a diagnosis. Answer in two short sentences, then give the "
              "bounding box.")
 
@@ -432,20 +444,27 @@ def two_b(args, exe, work, image):
     size = sum(p.stat().st_size for p in model.iterdir()) / 2**30
     threads = int(args.threads.split(",")[-1])
     attn = args.attn.split(",")[-1]
-    print(f"Qwen3-VL-2B architecture, random weights, bf16 ({size:.2f} GiB on disk), 448x448 image, "
-          f"one new token, {threads} threads, one run per side\n")
+    n = args.new_tokens
+    bf16 = args.roiscope_dtype == "bf16"
+    print(f"Qwen3-VL-2B architecture, random weights, bf16 ({size:.2f} GiB on disk), "
+          "448x448 image, "
+          f"{n} new token(s), {threads} threads, one run per side; roiscope computes in "
+          f"{args.roiscope_dtype}, transformers in {args.transformers_dtype}\n")
     sides = {}
     for side in args.sides.split(","):
         try:
             if side == "roiscope":
-                res = run_roiscope(exe, model, image, LONG_TEXT, threads, 1, True, tries=args.tries,
+                res = run_roiscope(exe, model, image, LONG_TEXT, threads, n, bf16, tries=args.tries,
                                    timeout=args.timeout)
                 res["prefill"] = res["prefill_seconds"]
+                res["decode"] = res["decode_tokens_per_second"]
             else:
-                res = run_transformers(model, image, LONG_TEXT, threads, 1, 1, 0, attn, "bf16",
+                res = run_transformers(model, image, LONG_TEXT, threads, n, 1, 0, attn,
+                                       args.transformers_dtype,
                                        tries=args.tries, timeout=args.timeout)
                 res["prefill"] = res["runs"][0]["prefill_seconds"]
                 res["token_ids"] = res["runs"][0]["token_ids"]
+                res["decode"] = res["runs"][0]["decode_tokens_per_second"]
         except TimedOut as e:
             print(f"{side}: {e}")
             continue
@@ -465,20 +484,25 @@ def two_b(args, exe, work, image):
         assert sides["roiscope"]["prompt_tokens"] == sides["transformers"]["prompt_tokens"]
     print(f"prompt: {any_side['prompt_tokens']} tokens ({n_image} image tokens, "
           f"{any_side['prompt_tokens'] - n_image} text and template){versions}\n")
-    print("| side | load s | prefill s (one forward) | process wall s | peak RSS MiB "
+    dec_head, dec_rule = (" decode tok/s |", "---|") if n > 1 else ("", "")
+    print(f"| side | load s | prefill s (one forward) |{dec_head} process wall s | peak RSS MiB "
           "| other processes' CPU s |")
-    print("|---|---|---|---|---|---|")
-    names = {"roiscope": "roiscope infer --bf16", "transformers": "transformers, bfloat16"}
+    print(f"|---|---|---|{dec_rule}---|---|---|")
+    names = {"roiscope": "roiscope infer" + (" --bf16" if bf16 else " (f32 compute)"),
+             "transformers": f"transformers, {args.transformers_dtype}"}
     for side, r in sides.items():
         extra = f" (imports {r['import_seconds']:.1f})" if side == "transformers" else ""
-        print(f"| {names[side]} | {r['load_seconds']:.2f} | {r['prefill']:.2f} | "
+        dec = f" {r['decode']:.2f} |" if n > 1 else ""
+        print(f"| {names[side]} | {r['load_seconds']:.2f} | {r['prefill']:.2f} |{dec} "
               f"{r['wall']:.1f}{extra} | {r['rss']:.0f} | {r['foreign_cpu'] or 0:.1f} |")
     if len(sides) == 2:
         o, h = sides["roiscope"], sides["transformers"]
-        print(f"| roiscope speed (memory) vs transformers | {h['load_seconds'] / o['load_seconds']:.2f}x "
-              f"| {h['prefill'] / o['prefill']:.2f}x | {h['wall'] / o['wall']:.2f}x "
-              f"| {h['rss'] / o['rss']:.2f}x less |  |")
-    print("\nfirst token: " + ", ".join(f"{k} {v['token_ids']}" for k, v in sides.items()))
+        dec = f" {o['decode'] / h['decode']:.2f}x |" if n > 1 else ""
+        print("| roiscope vs transformers (speed; memory) | "
+              f"{h['load_seconds'] / o['load_seconds']:.2f}x "
+              f"| {h['prefill'] / o['prefill']:.2f}x |{dec} {h['wall'] / o['wall']:.2f}x "
+              f"| {o['rss'] / h['rss']:.2f}x as much |  |")
+    print("\ntokens: " + ", ".join(f"{k} {v['token_ids']}" for k, v in sides.items()))
     if not args.keep:
         shutil.rmtree(model)
 
@@ -492,7 +516,12 @@ def main():
     which.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", default=None, help="comma list (default 1,2 tiny; 2 for 2b)")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=None,
+                    help="greedy tokens to generate (default 32 for --tiny, 1 for --2b)")
+    ap.add_argument("--roiscope-dtype", default="bf16", choices=["bf16", "f32"],
+                    help="--2b: compute dtype of roiscope (f32: the bf16 weights widened at load)")
+    ap.add_argument("--transformers-dtype", default="bf16", choices=["bf16", "f32"],
+                    help="--2b: compute dtype of transformers")
     ap.add_argument("--attn", default="sdpa", help="transformers attention (sdpa, eager, or both)")
     ap.add_argument("--exe", default=str(ROOT / "target" / "release" / "roiscope"))
     ap.add_argument("--no-build", action="store_true")
@@ -519,6 +548,8 @@ def main():
         ap.error("pick --tiny or --2b")
     if args.threads is None:
         args.threads = "1,2" if args.tiny else "2"
+    if args.new_tokens is None:
+        args.new_tokens = 32 if args.tiny else 1
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = Path(args.work)
