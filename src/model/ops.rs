@@ -190,7 +190,7 @@ impl Lora {
 }
 
 /// `x W^T` for `x` of any rank (the last dimension is contracted).
-fn matmul_last(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub fn matmul_last(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     match x.rank() {
         2 => x.matmul(&w.t()?),
         _ => {

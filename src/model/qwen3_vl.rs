@@ -145,15 +145,7 @@ impl Qwen3Vl {
 
     /// Logits over the vocabulary for hidden states `(..., hidden)`.
     pub fn logits(&self, hidden: &Tensor) -> anyhow::Result<Tensor> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.text.embed_tokens);
-        let dims = hidden.dims().to_vec();
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let logits = hidden
-            .reshape((rows, dims[dims.len() - 1]))?
-            .matmul(&head.t()?)?;
-        let mut shape = dims;
-        *shape.last_mut().unwrap() = self.config.text.vocab_size;
-        Ok(logits.reshape(shape)?)
+        Ok(super::ops::matmul_last(hidden, self.lm_head())?)
     }
 
     /// A full forward pass without a cache.
