@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 use roiscope::data::store::{Project, Split};
 use roiscope::model::folder::{init_model, InitSize, ModelFolder};
 use roiscope::train::data::{build_sample, collate, load_examples};
+use roiscope::train::devices::DeviceSpec;
 use roiscope::train::lora;
 use roiscope::train::trainer::{Control, Event, TrainConfig, Trainer};
 use serde_json::Value;
@@ -76,7 +77,7 @@ fn train_command_writes_metrics_and_peft_checkpoints() {
         .arg(&run)
         .arg("--config")
         .arg(&config_path)
-        .args(["--max-steps", "2"])
+        .args(["--max-steps", "2", "--devices", "cpu,cpu"])
         .output()
         .unwrap();
     assert!(
@@ -104,6 +105,7 @@ fn train_command_writes_metrics_and_peft_checkpoints() {
             "finished"
         ]
     );
+    assert_eq!(events[0]["devices"], serde_json::json!(["cpu", "cpu"]));
     let step = &events[1];
     for key in ["loss", "weighted", "precision"] {
         let v = step[key].as_array().unwrap();
@@ -149,12 +151,30 @@ fn train_command_writes_metrics_and_peft_checkpoints() {
 
 fn trainer(dir: &Path, config: TrainConfig) -> (Trainer, PathBuf) {
     let (project, model) = setup(dir);
-    let project = Project::open(&project).unwrap();
+    trainer_on(
+        &project,
+        &model,
+        &dir.join("run"),
+        config,
+        &[DeviceSpec::Cpu],
+    )
+}
+
+fn trainer_on(
+    project: &Path,
+    model: &Path,
+    run: &Path,
+    config: TrainConfig,
+    devices: &[DeviceSpec],
+) -> (Trainer, PathBuf) {
+    let project = Project::open(project).unwrap();
     let examples = load_examples(&project, Split::Train).unwrap();
-    let folder = ModelFolder::open(&model, DType::F32, &Device::Cpu).unwrap();
-    let run = dir.join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    (Trainer::new(config, folder, examples, &run).unwrap(), run)
+    let folder = ModelFolder::open(model, DType::F32, &Device::Cpu).unwrap();
+    std::fs::create_dir_all(run).unwrap();
+    (
+        Trainer::new(config, folder, examples, run, devices).unwrap(),
+        run.to_path_buf(),
+    )
 }
 
 #[test]
@@ -289,7 +309,7 @@ fn resuming_repeats_the_run_bit_for_bit() {
     let project = Project::open(&tmp.path().join("project")).unwrap();
     let examples = load_examples(&project, Split::Train).unwrap();
     let folder = ModelFolder::open(&tmp.path().join("model"), DType::F32, &Device::Cpu).unwrap();
-    let mut resumed = Trainer::resume(folder, examples, &stopped).unwrap();
+    let mut resumed = Trainer::resume(folder, examples, &stopped, &[DeviceSpec::Cpu]).unwrap();
     resumed.run(&events_tx, &control_rx).unwrap();
     let again = checkpoint_tensors(&stopped.join("checkpoint-4"));
     assert_eq!(straight.len(), again.len());
@@ -298,4 +318,65 @@ fn resuming_repeats_the_run_bit_for_bit() {
     }
     // And the step-2 state differs from step 4: the test compares something that moved.
     assert_ne!(checkpoint_tensors(&run.join("checkpoint-2")), straight);
+}
+
+/// Data parallel: two CPU replicas, each on its half of every batch, end with the parameters of
+/// one replica on the whole batch (to 1e-6), with dropout, negatives and accumulation on.
+#[test]
+fn two_replicas_train_as_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, model) = setup(tmp.path());
+    let mut c = config(4);
+    c.batch_size = 4;
+    c.grad_accum = 2;
+    c.checkpoint_every = 1;
+    c.lora_dropout = 0.1;
+    c.negative_ratio = 0.5;
+    let params = |dir: &Path| -> Vec<(String, Vec<f32>)> {
+        checkpoint_tensors(dir)
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("optimizer"))
+            .collect()
+    };
+    let mut runs = Vec::new();
+    for (name, devices) in [
+        ("one", vec![DeviceSpec::Cpu]),
+        ("two", vec![DeviceSpec::Cpu, DeviceSpec::Cpu]),
+    ] {
+        let (mut t, run) = trainer_on(
+            &project,
+            &model,
+            &tmp.path().join(name),
+            c.clone(),
+            &devices,
+        );
+        let (events_tx, events_rx) = mpsc::channel();
+        let (_control_tx, control_rx) = mpsc::channel();
+        t.run(&events_tx, &control_rx).unwrap();
+        drop(events_tx);
+        let negatives: usize = events_rx
+            .iter()
+            .map(|e| match e {
+                Event::Step { negatives, .. } => negatives,
+                _ => 0,
+            })
+            .sum();
+        assert!(negatives > 0, "the comparison must include negatives");
+        runs.push(run);
+    }
+    let (one, two) = (
+        params(&runs[0].join("checkpoint-4")),
+        params(&runs[1].join("checkpoint-4")),
+    );
+    assert_eq!(one.len(), two.len());
+    let mut worst = 0f32;
+    for ((name, a), (other, b)) in one.iter().zip(&two) {
+        assert_eq!(name, other);
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst <= 1e-6, "largest parameter difference {worst}");
+    // The parameters moved between step 1 and 4: the comparison is of a trained state.
+    assert_ne!(params(&runs[0].join("checkpoint-1")), one);
 }

@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::data::store::{Project, Split};
 use crate::model::folder::ModelFolder;
 use crate::train::data::load_examples;
+use crate::train::devices;
 use crate::train::trainer::{Event, TrainConfig, Trainer};
 
 pub const LONG_ABOUT: &str = "Fine-tune a Qwen3-VL model folder on a project's train split.\n\n\
@@ -44,7 +45,8 @@ pub struct Args {
     /// Training settings (TOML)
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Devices: cpu (data-parallel cuda:0,1 comes with the multi-device work)
+    /// Devices, one model replica each (data parallel): cpu, cuda:0, cuda:0,1; cpu,cpu runs two
+    /// CPU replicas
     #[arg(long, value_name = "LIST", default_value = "cpu")]
     devices: String,
     /// Stop after this many optimiser steps (overrides the config)
@@ -56,22 +58,26 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.devices != "cpu" {
-        bail!(
-            "--devices {}: only cpu is implemented so far (data-parallel training on several \
-             devices is not)",
-            args.devices
-        );
-    }
+    let devices = devices::parse(&args.devices)?;
+    let first = devices[0].open()?;
     let project = Project::open(&args.project)?;
     let examples = load_examples(&project, Split::Train)?;
-    let folder = ModelFolder::open(&args.model, DType::F32, &candle_core::Device::Cpu)?;
+    // bf16 base weights on a GPU, f32 on the CPU (DESIGN 4); adapters, heads and losses are f32.
+    let dtype = if first.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let folder = ModelFolder::open(&args.model, dtype, &first)?;
     let (mut trainer, run_dir) = match (&args.resume, &args.out) {
         (Some(run), _) => {
             if args.max_steps.is_some() {
                 bail!("--max-steps cannot change a resumed run (its schedule depends on it)");
             }
-            (Trainer::resume(folder, examples, run)?, run.clone())
+            (
+                Trainer::resume(folder, examples, run, &devices)?,
+                run.clone(),
+            )
         }
         (None, Some(out)) => {
             let mut config = match &args.config {
@@ -92,7 +98,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
-            (Trainer::new(config, folder, examples, out)?, out.clone())
+            (
+                Trainer::new(config, folder, examples, out, &devices)?,
+                out.clone(),
+            )
         }
         (None, None) => bail!("give --out for a new run or --resume for an old one"),
     };
@@ -129,10 +138,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 total_steps,
                 examples,
                 trainable_parameters,
+                devices,
             } => {
                 bar.set_length(*total_steps as u64);
                 bar.println(format!(
-                    "training on {examples} examples, {total_steps} steps, {trainable_parameters} trainable parameters"
+                    "training on {examples} examples, {total_steps} steps, {trainable_parameters} \
+                     trainable parameters, on {}",
+                    devices.join(", ")
                 ));
             }
             Event::Step {

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the architecture from a Hugging Face `config.json`;
 //! - [`weights`]: strict safetensors loading (every tensor named and shaped by the config);
+//! - [`dropout`]: counter-based dropout masks, the same for a sample on any replica;
 //! - [`ops`]: the operations that exist in a differentiable and a fused form;
 //! - [`positions`]: MRoPE positions and the vision tower's patch positions;
 //! - [`vision`], [`text`], [`qwen3_vl`]: the vision tower, the text model, and the two joined;
@@ -13,6 +14,7 @@
 //! - [`tokenizer`]: the Qwen3 tokenizer and the chat layout of a question with its image.
 
 pub mod config;
+pub mod dropout;
 pub mod folder;
 pub mod generate;
 pub mod ops;

@@ -159,29 +159,23 @@ pub struct Lora {
     /// `alpha / r`.
     pub scale: f64,
     pub dropout: f64,
-    /// Dropout is applied only while a generator is set (training); seeded, so runs repeat.
-    pub rng: Option<std::sync::Arc<std::sync::Mutex<super::random::SplitMix>>>,
+    /// Dropout is applied only while this has a plan (training); counter-based, so runs repeat
+    /// and replicas agree.
+    pub masks: Option<std::sync::Arc<super::dropout::Dropout>>,
 }
 
 impl Lora {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = match &self.rng {
-            Some(rng) if self.dropout > 0.0 => {
-                let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
-                let keep = 1.0 / (1.0 - self.dropout);
-                let mask: Vec<f32> = (0..x.elem_count())
-                    .map(|_| {
-                        if rng.uniform() < self.dropout {
-                            0.0
-                        } else {
-                            keep as f32
-                        }
-                    })
-                    .collect();
+        let mask = match &self.masks {
+            Some(masks) if self.dropout > 0.0 => masks.next_mask(self.dropout, x.dims())?,
+            _ => None,
+        };
+        let x = match mask {
+            Some(mask) => {
                 let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
                 (x * mask)?
             }
-            _ => x.clone(),
+            None => x.clone(),
         };
         let a = self.a.to_dtype(x.dtype())?;
         let b = self.b.to_dtype(x.dtype())?;

@@ -88,6 +88,9 @@ pub struct ModelOutput {
     pub image_mask: Vec<Vec<bool>>,
 }
 
+/// Cloning is cheap: the clone shares the weight tensors (they are reference-counted) and has
+/// its own layer structs, so adapters attached to a clone are its own.
+#[derive(Clone)]
 pub struct Qwen3Vl {
     config: Qwen3VlConfig,
     vision: VisionTower,

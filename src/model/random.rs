@@ -1,6 +1,14 @@
 //! A small deterministic random generator (SplitMix64), so a seed gives the same sample and the
 //! same initial weights on every machine.
 
+/// SplitMix64's output function: a bijection that scatters nearby inputs, so hashing a counter
+/// gives independent-looking values (counter-based random numbers, see `dropout`).
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[derive(Debug, Clone)]
 pub struct SplitMix(u64);
 
@@ -16,10 +24,7 @@ impl SplitMix {
 
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.0)
     }
 
     /// Uniform in (0, 1), never exactly 0 or 1.

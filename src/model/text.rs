@@ -7,6 +7,7 @@ use candle_nn::VarBuilder;
 use super::config::TextConfig;
 use super::ops::{self, Exec, Linear};
 
+#[derive(Clone)]
 struct Layer {
     q_proj: Linear,
     k_proj: Linear,
@@ -54,6 +55,7 @@ impl KvCache {
     }
 }
 
+#[derive(Clone)]
 pub struct TextModel {
     config: TextConfig,
     pub(crate) embed_tokens: Tensor,

@@ -8,6 +8,7 @@ use super::config::VisionConfig;
 use super::ops::{self, Exec, Linear};
 use super::positions;
 
+#[derive(Clone)]
 struct Norm {
     weight: Tensor,
     bias: Tensor,
@@ -27,6 +28,7 @@ impl Norm {
     }
 }
 
+#[derive(Clone)]
 struct Block {
     norm1: Norm,
     norm2: Norm,
@@ -37,6 +39,7 @@ struct Block {
 }
 
 /// Joins each `merge x merge` group of patches into one token of the text model's width.
+#[derive(Clone)]
 struct Merger {
     norm: Norm,
     /// DeepStack mergers normalise after joining the group, the final one before.
@@ -84,6 +87,7 @@ pub struct VisionOutput {
     pub deepstack: Vec<Tensor>,
 }
 
+#[derive(Clone)]
 pub struct VisionTower {
     config: VisionConfig,
     patch_weight: Tensor,

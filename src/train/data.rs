@@ -189,6 +189,32 @@ pub struct Batch {
     pub tokens: usize,
 }
 
+/// What the losses of a whole batch are divided by. A replica holding a part of the batch
+/// divides by these, not by its own counts, so the parts' losses and gradients add up to the
+/// whole batch's (DESIGN 4, devices).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counts {
+    /// Samples with an ROI box that counts.
+    pub roi_rows: f64,
+    pub samples: f64,
+    /// Answer tokens of the positives (the LM targets).
+    pub lm_targets: f64,
+}
+
+impl Counts {
+    pub fn of(samples: &[Sample]) -> Self {
+        Counts {
+            roi_rows: samples.iter().filter(|s| s.roi.is_some()).count() as f64,
+            samples: samples.len() as f64,
+            lm_targets: samples
+                .iter()
+                .filter(|s| !s.negative)
+                .map(|s| s.answer.len())
+                .sum::<usize>() as f64,
+        }
+    }
+}
+
 /// Pads `samples` on the left and stacks their images.
 pub fn collate(
     samples: &[Sample],

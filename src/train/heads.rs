@@ -11,8 +11,8 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use crate::model::dropout::{DropoutPlan, ROI_HEAD_SITE};
 use crate::model::ops::Linear;
-use crate::model::random::SplitMix;
 
 /// Sizes of the heads (the seed's: pooling 512, ROI 512 with dropout 0.1, match 256).
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +36,10 @@ impl Default for HeadsConfig {
 
 /// A linear layer initialised as PyTorch's `nn.Linear` (uniform within `1 / sqrt(in)`).
 fn linear(vb: &VarBuilder, out: usize, inp: usize) -> Result<Linear> {
+    linear_with(vb, out, inp, true)
+}
+
+fn linear_with(vb: &VarBuilder, out: usize, inp: usize, bias: bool) -> Result<Linear> {
     let bound = 1.0 / (inp as f64).sqrt();
     let init = Init::Uniform {
         lo: -bound,
@@ -43,12 +47,20 @@ fn linear(vb: &VarBuilder, out: usize, inp: usize) -> Result<Linear> {
     };
     Ok(Linear {
         weight: vb.get_with_hints((out, inp), "weight", init)?,
-        bias: Some(vb.get_with_hints(out, "bias", init)?),
+        bias: if bias {
+            Some(vb.get_with_hints(out, "bias", init)?)
+        } else {
+            None
+        },
         lora: None,
     })
 }
 
-/// `Linear(h, k) - Tanh - Linear(k, 1) - softmax` over the allowed positions.
+/// `Linear(h, k) - Tanh - Linear(k, 1, no bias) - softmax` over the allowed positions.
+///
+/// The seed's second layer has a bias, but a softmax ignores a shift of all its scores: that
+/// bias has no effect and a gradient that is zero up to rounding, which Adam would turn into
+/// steps of full learning-rate size in a random direction. So it is left out.
 pub struct AttentionPool {
     fc1: Linear,
     fc2: Linear,
@@ -58,7 +70,7 @@ impl AttentionPool {
     pub fn load(vb: VarBuilder, hidden: usize, inner: usize) -> Result<Self> {
         Ok(AttentionPool {
             fc1: linear(&vb.pp("fc1"), inner, hidden)?,
-            fc2: linear(&vb.pp("fc2"), 1, inner)?,
+            fc2: linear_with(&vb.pp("fc2"), 1, inner, false)?,
         })
     }
 
@@ -84,21 +96,16 @@ impl AttentionPool {
     }
 }
 
-/// Dropout whose mask comes from a seeded generator, so a training run is reproducible.
-pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut SplitMix>) -> Result<Tensor> {
-    let Some(rng) = rng else { return Ok(x.clone()) };
+/// Dropout with a counter-based mask (see `model::dropout`): the same for a sample on any
+/// replica. No plan: no dropout (evaluation).
+pub fn dropout(x: &Tensor, p: f64, plan: Option<&DropoutPlan>) -> Result<Tensor> {
+    let Some(plan) = plan else {
+        return Ok(x.clone());
+    };
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let keep: Vec<f32> = (0..x.elem_count())
-        .map(|_| {
-            if rng.uniform() < p {
-                0.0
-            } else {
-                (1.0 / (1.0 - p)) as f32
-            }
-        })
-        .collect();
+    let keep = plan.mask(p, ROI_HEAD_SITE, x.dims())?;
     let mask = Tensor::from_vec(keep, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
 }
@@ -121,15 +128,15 @@ impl RoiHead {
     }
 
     /// Boxes `(batch, 4)` as `x1, y1, x2, y2` in image-relative units, from the states at the
-    /// image tokens (`image_mask`, 0/1). `rng` enables dropout (training).
+    /// image tokens (`image_mask`, 0/1). A dropout plan enables dropout (training).
     pub fn forward(
         &self,
         states: &Tensor,
         image_mask: &Tensor,
-        rng: Option<&mut SplitMix>,
+        plan: Option<&DropoutPlan>,
     ) -> Result<Tensor> {
         let (pooled, _) = self.pool.forward(states, image_mask)?;
-        let h = dropout(&self.fc1.forward(&pooled)?.relu()?, self.dropout, rng)?;
+        let h = dropout(&self.fc1.forward(&pooled)?.relu()?, self.dropout, plan)?;
         let raw = candle_nn::ops::sigmoid(&self.fc2.forward(&h)?)?;
         let x1 = raw.narrow(1, 0, 1)?;
         let y1 = raw.narrow(1, 1, 1)?;
@@ -176,10 +183,11 @@ impl TaskWeights {
         })
     }
 
-    /// `sum_i 0.5 * exp(-s_i) * L_i + 0.5 * s_i` over the tasks in `losses` `(3)`, and the
-    /// weighted terms `(3)`.
-    pub fn combine(&self, losses: &Tensor) -> Result<(Tensor, Tensor)> {
-        let terms = ((self.s.neg()?.exp()? * losses)? * 0.5)?.add(&(&self.s * 0.5)?)?;
+    /// `sum_i 0.5 * exp(-s_i) * L_i + share * 0.5 * s_i` over the tasks in `losses` `(3)`, and
+    /// the weighted terms `(3)`. `share` is 1 for a whole batch; a replica holding a part of it
+    /// passes `1 / replicas`, so that the replicas' totals (and gradients) add up to the whole's.
+    pub fn combine(&self, losses: &Tensor, share: f64) -> Result<(Tensor, Tensor)> {
+        let terms = ((self.s.neg()?.exp()? * losses)? * 0.5)?.add(&(&self.s * (0.5 * share))?)?;
         Ok((terms.sum_all()?, terms))
     }
 }

@@ -8,13 +8,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::{json, Value};
 
+use crate::model::dropout::Dropout;
 use crate::model::ops::Lora;
 use crate::model::qwen3_vl::Qwen3Vl;
 use crate::model::random::SplitMix;
@@ -112,7 +113,7 @@ fn attach_with(
             b: b.as_tensor().clone(),
             scale: config.alpha / config.r as f64,
             dropout: config.dropout,
-            rng: None,
+            masks: None,
         });
         let mut data = varmap.data().lock().expect("fresh varmap");
         data.insert(a_name, a);
@@ -132,11 +133,11 @@ fn attach_with(
     })
 }
 
-/// Turns adapter dropout on (with a seeded generator, for training) or off (`None`).
-pub fn set_dropout_rng(model: &mut Qwen3Vl, rng: Option<Arc<Mutex<SplitMix>>>) {
+/// Connects every adapter to `masks` (training: dropout follows its plan) or to nothing.
+pub fn set_dropout(model: &mut Qwen3Vl, masks: Option<Arc<Dropout>>) {
     for (_, linear) in model.linears_mut() {
         if let Some(lora) = &mut linear.lora {
-            lora.rng = rng.clone();
+            lora.masks = masks.clone();
         }
     }
 }

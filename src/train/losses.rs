@@ -43,15 +43,22 @@ fn smooth_l1(pred: &Tensor, target: &Tensor, beta: f64) -> Result<Tensor> {
     per.mean(1)
 }
 
-/// ROI loss: mean over the rows with `weight` 1 of `SmoothL1 + (1 - GIoU)`; 0 when no row has a
-/// box. `weight` `(n)` is 0/1 (no box, or a negative pair).
-pub fn roi_loss(pred: &Tensor, target: &Tensor, weight: &Tensor, beta: f64) -> Result<Tensor> {
+/// ROI loss: `SmoothL1 + (1 - GIoU)` summed over the rows with `weight` 1 and divided by `rows`,
+/// the number of such rows in the whole batch (a replica's part of a batch divides by the whole's
+/// count, so the parts add up); 0 when no row has a box. `weight` `(n)` is 0/1 (no box, or a
+/// negative pair).
+pub fn roi_loss(
+    pred: &Tensor,
+    target: &Tensor,
+    weight: &Tensor,
+    beta: f64,
+    rows: f64,
+) -> Result<Tensor> {
     let per = (smooth_l1(pred, target, beta)? + (1.0 - giou(pred, target)?)?)?;
-    let n = weight.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-    if n < 0.5 {
+    if rows < 0.5 {
         return (per * 0.0)?.sum_all();
     }
-    (per * weight)?.sum_all()? / f64::from(n)
+    (per * weight)?.sum_all()? / rows
 }
 
 /// Settings of the match loss.
@@ -74,8 +81,14 @@ impl Default for FocalConfig {
 }
 
 /// Sigmoid focal loss of `logits` `(n)` against `labels` `(n)` (1 true pair, 0 negative),
-/// averaged; each true pair with probability below 0.5 counts `missed_weight` times.
-pub fn focal_loss(logits: &Tensor, labels: &Tensor, c: FocalConfig) -> Result<Tensor> {
+/// summed and divided by `samples` (the whole batch's size); each true pair with probability
+/// below 0.5 counts `missed_weight` times.
+pub fn focal_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    c: FocalConfig,
+    samples: f64,
+) -> Result<Tensor> {
     let p = candle_nn::ops::sigmoid(logits)?;
     // Binary cross-entropy with logits: softplus(x) - y x.
     let bce = (softplus(logits)? - (labels * logits)?)?;
@@ -86,17 +99,19 @@ pub fn focal_loss(logits: &Tensor, labels: &Tensor, c: FocalConfig) -> Result<Te
     // Which samples are missed diagnoses is decided on the detached prediction.
     let missed = (labels * p.detach().lt(0.5)?.to_dtype(p.dtype())?)?;
     let weight = ((missed * (c.missed_weight - 1.0))? + 1.0)?;
-    (loss * weight)?.mean_all()
+    (loss * weight)?.sum_all()? / samples.max(1.0)
 }
 
 /// Cross-entropy of the tokens at `targets` (`(row, position, token)`: the hidden state at
-/// `position` predicts `token`), averaged over the targets. `hidden` `(batch, seq, h)`, `head`
-/// `(vocab, h)`. Rows of logits are made `chunk` at a time.
+/// `position` predicts `token`), summed and divided by `count` (the whole batch's number of
+/// targets). `hidden` `(batch, seq, h)`, `head` `(vocab, h)`. Rows of logits are made `chunk` at
+/// a time.
 pub fn lm_loss(
     hidden: &Tensor,
     head: &Tensor,
     targets: &[(usize, usize, u32)],
     chunk: usize,
+    count: f64,
 ) -> Result<Tensor> {
     let device: &Device = hidden.device();
     if targets.is_empty() {
@@ -121,7 +136,7 @@ pub fn lm_loss(
             Some(t) => (t + picked)?,
         });
     }
-    total.expect("targets is not empty") / targets.len() as f64
+    total.expect("targets is not empty") / count.max(1.0)
 }
 
 #[cfg(test)]
@@ -145,11 +160,11 @@ mod tests {
         let pred = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.0, 0.0, 0.5, 0.5]], &dev).unwrap();
         let target = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]], &dev).unwrap();
         let only_first = Tensor::new(&[1f32, 0.0], &dev).unwrap();
-        let l = roi_loss(&pred, &target, &only_first, 0.1).unwrap();
+        let l = roi_loss(&pred, &target, &only_first, 0.1, 1.0).unwrap();
         assert!(l.to_scalar::<f32>().unwrap().abs() < 1e-5);
         let none = Tensor::new(&[0f32, 0.0], &dev).unwrap();
         assert_eq!(
-            roi_loss(&pred, &target, &none, 0.1)
+            roi_loss(&pred, &target, &none, 0.1, 0.0)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap(),

@@ -4,12 +4,17 @@
 //! - [`heads`]: attention pooling, the ROI and match heads, the learned task weights;
 //! - [`losses`]: ROI (SmoothL1 + GIoU), match (focal, missed-diagnosis weight), LM (answer only);
 //! - [`data`]: examples from a project, negatives, batches;
+//! - [`replica`]: one model replica with its adapters and heads, forward and backward on a part
+//!   of a batch;
+//! - [`devices`]: `--devices`, and summing the replicas' gradients;
 //! - [`optim`]: AdamW with parameter groups, schedule, clipping, accumulation;
 //! - [`trainer`]: the loop, its events and controls, checkpoints.
 
 pub mod data;
+pub mod devices;
 pub mod heads;
 pub mod lora;
 pub mod losses;
 pub mod optim;
+pub mod replica;
 pub mod trainer;

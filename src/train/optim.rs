@@ -37,16 +37,25 @@ pub struct Accumulated {
 impl Accumulated {
     /// Adds this batch's gradients of the groups' parameters.
     pub fn add(&mut self, opt: &AdamW, grads: &GradStore) -> Result<()> {
+        let mut named = HashMap::new();
         for group in &opt.groups {
             for (name, var) in &group.vars {
                 if let Some(g) = grads.get(var.as_tensor()) {
-                    let g = match self.grads.remove(name) {
-                        Some(prev) => (prev + g)?,
-                        None => g.clone(),
-                    };
-                    self.grads.insert(name.clone(), g);
+                    named.insert(name.clone(), g.clone());
                 }
             }
+        }
+        self.add_named(named)
+    }
+
+    /// Adds this batch's gradients, by parameter name (reduced over replicas).
+    pub fn add_named(&mut self, grads: HashMap<String, Tensor>) -> Result<()> {
+        for (name, g) in grads {
+            let g = match self.grads.remove(&name) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            self.grads.insert(name, g);
         }
         self.batches += 1;
         Ok(())
@@ -55,7 +64,10 @@ impl Accumulated {
     /// The global L2 norm of the averaged gradients.
     pub fn norm(&self) -> Result<f64> {
         let mut sq = 0f64;
-        for g in self.grads.values() {
+        // In name order, so the sum does not depend on the map's order.
+        let mut names: Vec<&String> = self.grads.keys().collect();
+        names.sort();
+        for g in names.into_iter().map(|n| &self.grads[n]) {
             sq += f64::from(
                 g.sqr()?
                     .sum_all()?

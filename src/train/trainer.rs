@@ -6,25 +6,29 @@
 //! (differentiable path, LoRA dropout on), the heads and the three losses, combine them with the
 //! learned task weights, backpropagate, and after `grad_accum` batches take one AdamW step on the
 //! LoRA adapters, heads and task weights (the base model stays frozen).
+//!
+//! With several devices each [`Replica`] takes a part of every batch; their gradients are summed
+//! (`devices::reduce`) and the step is taken once, so the run equals the run on one device.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
-use super::data::{self, Example, NegativeConfig};
-use super::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
-use super::lora::{self, LoraConfig, LoraSet};
-use super::losses::{self, FocalConfig};
+use super::data::{self, Counts, Example, NegativeConfig};
+use super::devices::{self, DeviceSpec};
+use super::lora::LoraConfig;
+use super::losses::FocalConfig;
 use super::optim::{cosine_with_warmup, Accumulated, AdamW, Group};
+use super::replica::{LossSettings, Replica, Shard, ShardResult};
 use crate::model::folder::ModelFolder;
-use crate::model::ops::Exec;
+use crate::model::processor::ImageProcessorConfig;
 use crate::model::random::SplitMix;
+use crate::model::tokenizer::QwenTokenizer;
 
 /// Everything a run is configured by (`train.toml`); every field has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +37,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Stop after this many optimiser steps (0: run all epochs).
     pub max_steps: usize,
+    /// Samples per batch, over all devices together (each device takes a part).
     pub batch_size: usize,
     pub grad_accum: usize,
     pub lr_lora: f64,
@@ -125,11 +130,15 @@ impl TrainConfig {
         }
     }
 
-    fn focal(&self) -> FocalConfig {
-        FocalConfig {
-            alpha: self.focal_alpha,
-            gamma: self.focal_gamma,
-            missed_weight: self.missed_diagnosis_weight,
+    fn losses(&self) -> LossSettings {
+        LossSettings {
+            focal: FocalConfig {
+                alpha: self.focal_alpha,
+                gamma: self.focal_gamma,
+                missed_weight: self.missed_diagnosis_weight,
+            },
+            roi_smooth_l1_beta: self.roi_smooth_l1_beta,
+            lm_chunk: self.lm_chunk,
         }
     }
 }
@@ -145,6 +154,8 @@ pub enum Event {
         examples: usize,
         total_steps: usize,
         trainable_parameters: usize,
+        /// One replica per device, e.g. `["cpu"]` or `["cuda:0", "cuda:1"]`.
+        devices: Vec<String>,
     },
     Step {
         step: usize,
@@ -209,117 +220,121 @@ struct Position {
 
 pub struct Trainer {
     config: TrainConfig,
-    folder: ModelFolder,
+    model_dir: PathBuf,
+    tokenizer: QwenTokenizer,
+    processor: ImageProcessorConfig,
     examples: Vec<Example>,
-    lora: LoraSet,
-    heads_vars: VarMap,
-    roi: RoiHead,
-    matcher: MatchHead,
-    task: TaskWeights,
+    /// One per device; the first holds the optimiser's parameters.
+    replicas: Vec<Replica>,
+    devices: Vec<DeviceSpec>,
     opt: AdamW,
     rng: SplitMix,
-    dropout_rng: Arc<Mutex<SplitMix>>,
     position: Position,
     out: PathBuf,
-    device: Device,
-}
-
-/// Overwrites every variable with seeded uniform values within `1 / sqrt(fan_in)` (zero for the
-/// task weights), in name order, so a seed fixes the heads' start.
-fn seed_heads(vars: &VarMap, rng: &mut SplitMix) -> anyhow::Result<()> {
-    let data = vars.data().lock().expect("heads varmap");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
-        let dims = var.dims().to_vec();
-        if name.starts_with("task.") {
-            var.set(&var.zeros_like()?)?;
-            continue;
-        }
-        let fan_in = if dims.len() == 2 { dims[1] } else { dims[0] };
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        let v: Vec<f32> = (0..var.elem_count())
-            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
-            .collect();
-        var.set(&Tensor::from_vec(v, dims, var.device())?)?;
-    }
-    Ok(())
 }
 
 impl Trainer {
-    /// Sets a run up: the model with fresh adapters and heads, the train split's examples.
+    /// Sets a run up: a replica of the model with fresh adapters and heads on each of `devices`
+    /// (the folder's model is the first, and must be on the first device), and the train
+    /// split's examples.
     pub fn new(
         config: TrainConfig,
-        mut folder: ModelFolder,
+        folder: ModelFolder,
         examples: Vec<Example>,
         out: &Path,
+        devices: &[DeviceSpec],
     ) -> anyhow::Result<Self> {
         config.validate()?;
         ensure!(
             !examples.is_empty(),
             "no training examples (is the train split empty?)"
         );
-        let device = folder.model.device().clone();
-        let mut rng = SplitMix::new(config.seed);
-        let lora = lora::attach(&mut folder.model, &config.lora(), rng.next_u64(), &device)?;
-        let dropout_rng = Arc::new(Mutex::new(SplitMix::new(rng.next_u64())));
-        lora::set_dropout_rng(&mut folder.model, Some(dropout_rng.clone()));
-        let heads_vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&heads_vars, DType::F32, &device);
-        let hidden = folder.config.text.hidden_size;
-        let heads_config = HeadsConfig::default();
-        let roi = RoiHead::load(vb.pp("roi"), hidden, &heads_config)?;
-        let matcher = MatchHead::load(vb.pp("match"), hidden, &heads_config)?;
-        let task = TaskWeights::load(vb.pp("task"))?;
-        seed_heads(&heads_vars, &mut rng)?;
-        let sorted = |vm: &VarMap| -> Vec<(String, Var)> {
-            let mut v: Vec<(String, Var)> = vm
-                .data()
-                .lock()
-                .expect("varmap")
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
+        let devices = if devices.is_empty() {
+            vec![DeviceSpec::Cpu]
+        } else {
+            devices.to_vec()
         };
+        ensure!(
+            config.batch_size >= devices.len(),
+            "batch_size {} cannot be shared by {} devices (it is the batch of all devices together)",
+            config.batch_size,
+            devices.len()
+        );
+        let ModelFolder {
+            dir,
+            processor,
+            tokenizer,
+            model,
+            ..
+        } = folder;
+        // The other replicas' base models: on the CPU the weights are shared, not copied (they
+        // are frozen); another device loads its own.
+        let mut models = vec![];
+        for spec in &devices[1..] {
+            let device = spec.open()?;
+            models.push(if device.same_device(model.device()) {
+                model.clone()
+            } else {
+                ModelFolder::open(&dir, model.dtype(), &device)
+                    .with_context(|| format!("loading the replica on {spec}"))?
+                    .model
+            });
+        }
+        models.insert(0, model);
+        let mut rng = SplitMix::new(config.seed);
+        let seeds = (rng.next_u64(), rng.next_u64());
+        let special = tokenizer.special();
+        let replicas = models
+            .into_iter()
+            .map(|m| {
+                Replica::new(
+                    m,
+                    &config.lora(),
+                    seeds,
+                    (special.endoftext, special.image_pad),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (adapters, heads) = replicas[0].trainable();
         let opt = AdamW::new(vec![
             Group {
                 name: "lora".into(),
-                vars: sorted(&lora.varmap),
+                vars: adapters,
                 lr: config.lr_lora,
                 weight_decay: config.weight_decay,
             },
             Group {
                 name: "heads".into(),
-                vars: sorted(&heads_vars),
+                vars: heads,
                 lr: config.lr_heads,
                 weight_decay: 0.0,
             },
         ]);
         Ok(Trainer {
             config,
-            folder,
+            model_dir: dir,
+            tokenizer,
+            processor,
             examples,
-            lora,
-            heads_vars,
-            roi,
-            matcher,
-            task,
+            replicas,
+            devices,
             opt,
             rng,
-            dropout_rng,
             position: Position::default(),
             out: out.to_path_buf(),
-            device,
         })
     }
 
     /// Continues the run in `run` from its latest checkpoint: adapters, heads, task weights,
-    /// optimiser moments, random generators and the place in the data are restored, so the
-    /// steps that follow are those the run would have taken. The settings are the run's own.
-    pub fn resume(folder: ModelFolder, examples: Vec<Example>, run: &Path) -> anyhow::Result<Self> {
+    /// optimiser moments, the random generator and the place in the data are restored, so the
+    /// steps that follow are those the run would have taken. The settings are the run's own;
+    /// the devices may differ (a batch gives the same step on any number of them).
+    pub fn resume(
+        folder: ModelFolder,
+        examples: Vec<Example>,
+        run: &Path,
+        devices: &[DeviceSpec],
+    ) -> anyhow::Result<Self> {
         let ckpt = latest_checkpoint(run)?;
         let state = crate::data::files::read_json(&ckpt.join("trainer_state.json"))?;
         let what = ckpt.display();
@@ -327,13 +342,10 @@ impl Trainer {
             .with_context(|| format!("{what}: unreadable config"))?;
         let position: Position = serde_json::from_value(state["position"].clone())
             .with_context(|| format!("{what}: unreadable position"))?;
-        let number = |key: &str| -> anyhow::Result<u64> {
-            state[key]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .with_context(|| format!("{what}: no {key}"))
-        };
-        let (rng, dropout) = (number("rng")?, number("dropout_rng")?);
+        let rng = state["rng"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("{what}: no rng"))?;
         let step = state["step"]
             .as_u64()
             .with_context(|| format!("{what}: no step"))? as usize;
@@ -344,13 +356,18 @@ impl Trainer {
             examples.len(),
             position.order.len()
         );
-        let mut t = Trainer::new(config, folder, examples, run)?;
+        let mut t = Trainer::new(config, folder, examples, run, devices)?;
+        let first = &t.replicas[0];
         restore(
-            &t.lora.varmap,
+            &first.lora.varmap,
             &ckpt.join("adapter/adapter_model.safetensors"),
         )?;
-        restore(&t.heads_vars, &ckpt.join("heads.safetensors"))?;
-        let moments = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &t.device)
+        restore(&first.heads_vars, &ckpt.join("heads.safetensors"))?;
+        for other in &t.replicas[1..] {
+            other.copy_from(&t.replicas[0])?;
+        }
+        let device = t.replicas[0].device().clone();
+        let moments = candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &device)
             .with_context(|| format!("{what}: cannot read optimizer.safetensors"))?;
         for group in &t.opt.groups {
             for (name, _) in &group.vars {
@@ -368,7 +385,6 @@ impl Trainer {
         );
         t.opt.step = step;
         t.rng = SplitMix::new(rng);
-        *t.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) = SplitMix::new(dropout);
         t.position = position;
         Ok(t)
     }
@@ -420,6 +436,7 @@ impl Trainer {
             examples: self.examples.len(),
             total_steps,
             trainable_parameters: self.trainable_parameters(),
+            devices: self.devices.iter().map(ToString::to_string).collect(),
         });
         let started = Instant::now();
         let first_step = self.opt.step;
@@ -484,11 +501,14 @@ impl Trainer {
                 let grad_norm = self
                     .opt
                     .update(&acc, factor, Some(self.config.max_grad_norm))?;
+                for other in &self.replicas[1..] {
+                    other.copy_from(&self.replicas[0])?;
+                }
                 let n = acc.batches as f64;
                 acc = Accumulated::default();
                 let loss = sums.map(|s| s / n);
                 sums = [0.0; 3];
-                let s: Vec<f32> = self.task.s.to_vec1()?;
+                let s: Vec<f32> = self.replicas[0].task.s.to_vec1()?;
                 let precision = [0, 1, 2].map(|i| f64::from((-s[i]).exp()));
                 let weighted =
                     [0, 1, 2].map(|i| 0.5 * precision[i] * loss[i] + 0.5 * f64::from(s[i]));
@@ -566,7 +586,8 @@ impl Trainer {
         }
     }
 
-    /// Forward and backward over one batch; the raw losses, real tokens and negatives.
+    /// Forward and backward over one batch, its parts on the replicas in parallel; the raw
+    /// losses, real tokens and negatives.
     fn batch(
         &mut self,
         chunk: &[usize],
@@ -583,54 +604,81 @@ impl Trainer {
             samples.push(data::build_sample(
                 &self.examples[i],
                 image_of,
-                &self.folder.tokenizer,
-                &self.folder.processor,
+                &self.tokenizer,
+                &self.processor,
             )?);
         }
-        let special = self.folder.tokenizer.special();
-        let batch = data::collate(&samples, special.endoftext, special.image_pad, &self.device)?;
-        let out = self
-            .folder
-            .model
-            .forward(&batch.input, Exec::Differentiable)?;
-        let hidden = out.hidden.to_dtype(DType::F32)?;
-        let mut heads_rng = SplitMix::new(self.rng.next_u64());
-        let boxes = self
-            .roi
-            .forward(&hidden, &batch.image_mask, Some(&mut heads_rng))?;
-        let logits = self.matcher.forward(&hidden, &batch.valid)?;
-        let l_roi = losses::roi_loss(
-            &boxes,
-            &batch.roi_target,
-            &batch.roi_weight,
-            self.config.roi_smooth_l1_beta,
-        )?;
-        let l_match = losses::focal_loss(&logits, &batch.labels, self.config.focal())?;
-        let l_lm = losses::lm_loss(
-            &hidden,
-            &self.folder.model.lm_head().to_dtype(DType::F32)?,
-            &batch.lm_targets,
-            self.config.lm_chunk,
-        )?;
-        let stacked = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0)?;
-        let (total, _) = self.task.combine(&stacked)?;
-        let values: Vec<f32> = stacked.to_vec1()?;
-        let total_value = total.to_scalar::<f32>()?;
-        if !total_value.is_finite() || values.iter().any(|v| !v.is_finite()) {
+        let counts = Counts::of(&samples);
+        let seed = self.rng.next_u64();
+        // The last batch of an epoch may leave a replica without samples.
+        let ranges: Vec<std::ops::Range<usize>> =
+            devices::split(samples.len(), self.replicas.len())
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .collect();
+        let share = 1.0 / ranges.len() as f64;
+        let settings = self.config.losses();
+        let shards: Vec<Shard> = ranges
+            .iter()
+            .map(|r| Shard {
+                samples: &samples[r.clone()],
+                places: r.clone().map(|i| i as u64).collect(),
+                counts,
+                seed,
+                share,
+            })
+            .collect();
+        let results: Vec<anyhow::Result<ShardResult>> = if shards.len() == 1 {
+            vec![self.replicas[0].forward_backward(&shards[0], settings)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = self
+                    .replicas
+                    .iter()
+                    .zip(&shards)
+                    .map(|(replica, shard)| {
+                        scope.spawn(move || replica.forward_backward(shard, settings))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's thread panicked")))
+                    })
+                    .collect()
+            })
+        };
+        let mut raw = [0f64; 3];
+        let mut tokens = 0;
+        let mut grads = Vec::with_capacity(results.len());
+        for (result, spec) in results.into_iter().zip(&self.devices) {
+            let part = result.with_context(|| format!("on {spec}"))?;
+            for (r, l) in raw.iter_mut().zip(part.losses) {
+                *r += l;
+            }
+            tokens += part.tokens;
+            grads.push(part.grads);
+        }
+        let s: Vec<f32> = self.replicas[0].task.s.to_vec1()?;
+        if raw
+            .iter()
+            .copied()
+            .chain(s.iter().map(|&v| f64::from(v)))
+            .any(|v| !v.is_finite())
+        {
             bail!(
                 "the loss is not finite at step {} (roi {}, match {}, lm {}); the run stops, the last \
                  checkpoint is kept",
                 self.opt.step + 1,
-                values[0],
-                values[1],
-                values[2]
+                raw[0],
+                raw[1],
+                raw[2]
             );
         }
-        let grads = total.backward()?;
-        acc.add(&self.opt, &grads)?;
+        acc.add_named(devices::reduce(grads, self.replicas[0].device())?)?;
         let negatives = samples.iter().filter(|s| s.negative).count();
-        let raw = [values[0], values[1], values[2]].map(f64::from);
-        Ok((raw, batch.tokens, negatives))
+        Ok((raw, tokens, negatives))
     }
 
     /// Writes `checkpoint-<step>/` atomically: the adapter in peft's layout, the heads and task
@@ -644,11 +692,12 @@ impl Trainer {
         }
         std::fs::create_dir_all(&staging)
             .with_context(|| format!("cannot create {}", staging.display()))?;
-        self.lora.save_peft(
+        let first = &self.replicas[0];
+        first.lora.save_peft(
             &staging.join("adapter"),
-            &self.folder.dir.display().to_string(),
+            &self.model_dir.display().to_string(),
         )?;
-        let heads: std::collections::HashMap<String, Tensor> = self
+        let heads: std::collections::HashMap<String, Tensor> = first
             .heads_vars
             .data()
             .lock()
@@ -663,20 +712,14 @@ impl Trainer {
             moments.insert(format!("v.{name}"), v.clone());
         }
         candle_core::safetensors::save(&moments, staging.join("optimizer.safetensors"))?;
-        let dropout_state = self
-            .dropout_rng
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .state();
         let state = serde_json::json!({
             "step": step,
             "config": self.config,
             "tasks": TASKS,
-            "model": self.folder.dir,
+            "model": self.model_dir,
             "position": self.position,
             // Decimal strings: JSON numbers would lose bits of a u64 in many readers.
             "rng": self.rng.state().to_string(),
-            "dropout_rng": dropout_state.to_string(),
         });
         std::fs::write(
             staging.join("trainer_state.json"),

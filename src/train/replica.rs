@@ -1,0 +1,221 @@
+//! One model replica: the frozen base model on a device, its LoRA adapters, the heads and the
+//! task weights. Data-parallel training runs one replica per device on its part of each batch;
+//! the replicas start identical (same seeds) and stay identical (one optimiser step, its result
+//! copied to every replica).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+
+use super::data::{self, Counts, Sample};
+use super::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
+use super::lora::{self, LoraConfig, LoraSet};
+use super::losses::{self, FocalConfig};
+use crate::model::dropout::{Dropout, DropoutPlan};
+use crate::model::ops::Exec;
+use crate::model::qwen3_vl::Qwen3Vl;
+use crate::model::random::SplitMix;
+
+/// Loss settings a replica needs for its forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct LossSettings {
+    pub focal: FocalConfig,
+    pub roi_smooth_l1_beta: f64,
+    pub lm_chunk: usize,
+}
+
+/// A replica's part of one batch.
+pub struct Shard<'a> {
+    pub samples: &'a [Sample],
+    /// Each sample's place in the whole batch (it keys the dropout masks).
+    pub places: Vec<u64>,
+    /// The whole batch's counts, which every loss is divided by.
+    pub counts: Counts,
+    /// Dropout seed of the whole batch.
+    pub seed: u64,
+    /// `1 / replicas`: this replica's share of the task weights' regulariser.
+    pub share: f64,
+}
+
+/// What a replica's part of a batch gave.
+pub struct ShardResult {
+    /// This part's contribution to each raw task loss (the parts add up to the batch's).
+    pub losses: [f64; 3],
+    /// Gradients of the trainable parameters by name.
+    pub grads: HashMap<String, Tensor>,
+    pub tokens: usize,
+}
+
+pub struct Replica {
+    pub model: Qwen3Vl,
+    pub lora: LoraSet,
+    /// Heads and task weights (`roi.*`, `match.*`, `task.log_vars`).
+    pub heads_vars: VarMap,
+    roi: RoiHead,
+    matcher: MatchHead,
+    pub task: TaskWeights,
+    dropout: Arc<Dropout>,
+    /// `(pad, image_pad)` token ids.
+    special: (u32, u32),
+}
+
+/// Overwrites every variable with seeded uniform values within `1 / sqrt(fan_in)` (zero for the
+/// task weights), in name order, so a seed fixes the heads' start.
+fn seed_heads(vars: &VarMap, seed: u64) -> anyhow::Result<()> {
+    let mut rng = SplitMix::new(seed);
+    let data = vars.data().lock().expect("heads varmap");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims().to_vec();
+        if name.starts_with("task.") {
+            var.set(&var.zeros_like()?)?;
+            continue;
+        }
+        let fan_in = if dims.len() == 2 { dims[1] } else { dims[0] };
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let v: Vec<f32> = (0..var.elem_count())
+            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+            .collect();
+        var.set(&Tensor::from_vec(v, dims, var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Named variables, sorted by name.
+pub type NamedVars = Vec<(String, Var)>;
+
+/// A variable map's variables sorted by name.
+pub fn sorted_vars(vars: &VarMap) -> NamedVars {
+    let mut v: Vec<(String, Var)> = vars
+        .data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+impl Replica {
+    /// Attaches fresh adapters (from `lora_seed`) and heads (from `heads_seed`) to `model`:
+    /// replicas built with the same seeds are identical.
+    pub fn new(
+        mut model: Qwen3Vl,
+        lora_config: &LoraConfig,
+        seeds: (u64, u64),
+        special: (u32, u32),
+    ) -> anyhow::Result<Self> {
+        let device = model.device().clone();
+        let lora = lora::attach(&mut model, lora_config, seeds.0, &device)?;
+        let dropout = Arc::new(Dropout::default());
+        lora::set_dropout(&mut model, Some(dropout.clone()));
+        let heads_vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&heads_vars, DType::F32, &device);
+        let hidden = model.config().text.hidden_size;
+        let heads_config = HeadsConfig::default();
+        let roi = RoiHead::load(vb.pp("roi"), hidden, &heads_config)?;
+        let matcher = MatchHead::load(vb.pp("match"), hidden, &heads_config)?;
+        let task = TaskWeights::load(vb.pp("task"))?;
+        seed_heads(&heads_vars, seeds.1)?;
+        Ok(Replica {
+            model,
+            lora,
+            heads_vars,
+            roi,
+            matcher,
+            task,
+            dropout,
+            special,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// The trainable parameters: (adapters, heads and task weights), each sorted by name.
+    pub fn trainable(&self) -> (NamedVars, NamedVars) {
+        (
+            sorted_vars(&self.lora.varmap),
+            sorted_vars(&self.heads_vars),
+        )
+    }
+
+    /// Forward and backward over this replica's part of a batch.
+    pub fn forward_backward(
+        &self,
+        shard: &Shard,
+        settings: LossSettings,
+    ) -> anyhow::Result<ShardResult> {
+        let device = self.device();
+        let batch = data::collate(shard.samples, self.special.0, self.special.1, device)?;
+        let plan = DropoutPlan {
+            seed: shard.seed,
+            samples: shard.places.clone(),
+            image_patches: shard
+                .samples
+                .iter()
+                .map(|s| s.image.grid_thw.iter().map(|&d| d as usize).product())
+                .collect(),
+        };
+        self.dropout.begin(plan.clone());
+        let out = self.model.forward(&batch.input, Exec::Differentiable);
+        self.dropout.end();
+        let hidden = out?.hidden.to_dtype(DType::F32)?;
+        let counts = shard.counts;
+        let boxes = self.roi.forward(&hidden, &batch.image_mask, Some(&plan))?;
+        let logits = self.matcher.forward(&hidden, &batch.valid)?;
+        let l_roi = losses::roi_loss(
+            &boxes,
+            &batch.roi_target,
+            &batch.roi_weight,
+            settings.roi_smooth_l1_beta,
+            counts.roi_rows,
+        )?;
+        let l_match = losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?;
+        let l_lm = losses::lm_loss(
+            &hidden,
+            &self.model.lm_head().to_dtype(DType::F32)?,
+            &batch.lm_targets,
+            settings.lm_chunk,
+            counts.lm_targets,
+        )?;
+        let stacked = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0)?;
+        let (total, _) = self.task.combine(&stacked, shard.share)?;
+        let values: Vec<f32> = stacked.to_vec1()?;
+        let grads = total.backward()?;
+        let (adapters, heads) = self.trainable();
+        let mut named = HashMap::new();
+        for (name, var) in adapters.iter().chain(&heads) {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                named.insert(name.clone(), g.clone());
+            }
+        }
+        Ok(ShardResult {
+            losses: [values[0], values[1], values[2]].map(f64::from),
+            grads: named,
+            tokens: batch.tokens,
+        })
+    }
+
+    /// Sets every trainable parameter to `source`'s values (after the optimiser step on the
+    /// first replica).
+    pub fn copy_from(&self, source: &Replica) -> anyhow::Result<()> {
+        let (a, h) = self.trainable();
+        let (sa, sh) = source.trainable();
+        for ((name, var), (source_name, source_var)) in a.iter().chain(&h).zip(sa.iter().chain(&sh))
+        {
+            anyhow::ensure!(
+                name == source_name,
+                "replicas differ: {name} vs {source_name}"
+            );
+            var.set(&source_var.as_tensor().to_device(self.device())?)?;
+        }
+        Ok(())
+    }
+}
