@@ -82,12 +82,23 @@ fn forward_backward(model: &Qwen3Vl, heads: &Heads, batch: &Batch, settings: &Va
     let hidden = out.hidden.to_dtype(DType::F32).unwrap();
     let boxes = heads.roi.forward(&hidden, &batch.image_mask, None).unwrap();
     let logits = heads.matcher.forward(&hidden, &batch.valid).unwrap();
-    let l_roi = roi_loss(&boxes, &batch.roi_target, &batch.roi_weight, beta).unwrap();
-    let l_match = focal_loss(&logits, &batch.labels, focal).unwrap();
+    // One whole batch: the losses are divided by its own counts.
+    let roi_rows = f64::from(
+        batch
+            .roi_weight
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+    );
+    let l_roi = roi_loss(&boxes, &batch.roi_target, &batch.roi_weight, beta, roi_rows).unwrap();
+    let samples = batch.labels.elem_count() as f64;
+    let l_match = focal_loss(&logits, &batch.labels, focal, samples).unwrap();
     let head = model.lm_head().to_dtype(DType::F32).unwrap();
-    let l_lm = lm_loss(&hidden, &head, &batch.lm_targets, lm_chunk).unwrap();
+    let targets = batch.lm_targets.len() as f64;
+    let l_lm = lm_loss(&hidden, &head, &batch.lm_targets, lm_chunk, targets).unwrap();
     let losses = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0).unwrap();
-    let (total, terms) = heads.task.combine(&losses).unwrap();
+    let (total, terms) = heads.task.combine(&losses, 1.0).unwrap();
     let grads = total.backward().unwrap();
     Outputs {
         hidden,
