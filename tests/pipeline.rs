@@ -236,16 +236,7 @@ fn training_pass_matches_transformers_peft_and_pytorch_heads() {
     .unwrap();
     let want = r.get("pixel_checks");
     assert_eq!(checks.dims(), want.dims());
-    let diff = (checks - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let diff = max_abs_diff(&checks, &want);
     assert!(diff < 1e-4, "pixel values differ (checksum by {diff})");
     // LM targets: the state at `pos` predicts the label transformers puts at `pos + 1`.
     let mut labels = vec![vec![-100i64; ids[0].len()]; ids.len()];

@@ -90,8 +90,10 @@ impl Reference {
     }
 }
 
+/// Largest absolute difference, computed in f64 (so f64 tensors keep their precision).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
+    let f64 = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+    (f64(a) - f64(b))
         .unwrap()
         .abs()
         .unwrap()
@@ -99,8 +101,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .max(0)
         .unwrap()
-        .to_scalar()
-        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap() as f32
 }
 
 /// Largest difference relative to the reference's largest magnitude; a reference that is about
