@@ -191,3 +191,29 @@ impl TaskWeights {
         Ok((terms.sum_all()?, terms))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    /// DESIGN 4.7: the seed's ROI outputs were unbounded and clipped afterwards. Here any state,
+    /// however large, gives a box inside the image with ordered corners.
+    #[test]
+    fn roi_boxes_are_valid_for_any_input() {
+        let dev = Device::Cpu;
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &dev);
+        let head = RoiHead::load(vb.pp("roi"), 8, &HeadsConfig::default()).unwrap();
+        for scale in [1.0, 100.0, 1e4] {
+            let states = (Tensor::randn(0f32, 1.0, (3, 5, 8), &dev).unwrap() * scale).unwrap();
+            let mask = Tensor::ones((3, 5), DType::F32, &dev).unwrap();
+            let boxes = head.forward(&states, &mask, None).unwrap();
+            for b in boxes.to_vec2::<f32>().unwrap() {
+                assert!(b.iter().all(|v| (0.0..=1.0).contains(v)), "{b:?}");
+                assert!(b[0] <= b[2] && b[1] <= b[3], "{b:?}");
+            }
+        }
+    }
+}

@@ -199,4 +199,27 @@ mod tests {
         let norm = opt.update(&acc, 1.0, Some(1.0)).unwrap();
         assert!((norm - 2.0 * f64::from(single).sqrt()).abs() < 1e-4);
     }
+
+    /// DESIGN 4.10: the seed trained fresh heads with LoRA's learning rate. Each group steps by
+    /// its own rate (the first AdamW step moves every weight by about its learning rate).
+    #[test]
+    fn groups_step_at_their_own_rates() {
+        let dev = Device::Cpu;
+        let a = Var::new(&[1.0f32], &dev).unwrap();
+        let h = Var::new(&[1.0f32], &dev).unwrap();
+        let group = |name: &str, var: &Var, lr: f64| Group {
+            name: name.into(),
+            vars: vec![(name.into(), var.clone())],
+            lr,
+            weight_decay: 0.0,
+        };
+        let mut opt = AdamW::new(vec![group("lora", &a, 1e-4), group("heads", &h, 1e-3)]);
+        let loss = (a.as_tensor() + h.as_tensor()).unwrap().sum_all().unwrap();
+        let mut acc = Accumulated::default();
+        acc.add(&opt, &loss.backward().unwrap()).unwrap();
+        opt.update(&acc, 1.0, None).unwrap();
+        let moved = |v: &Var| 1.0 - v.as_tensor().to_vec1::<f32>().unwrap()[0];
+        assert!((moved(&a) - 1e-4).abs() < 1e-6, "{}", moved(&a));
+        assert!((moved(&h) - 1e-3).abs() < 1e-6, "{}", moved(&h));
+    }
 }
