@@ -307,11 +307,15 @@ def worker(a):
 # the driver
 
 
+QUIET_WAIT = [900]  # --quiet-wait
+
+
 def measure(cmd, env, tries, timeout):
     """timed_child after the CPUs are quiet, again (up to `tries` times in all) when other
     processes took more than 10% of one core meanwhile; the last (stdout, wall, rss, foreign)."""
     for attempt in range(tries):
-        wait_quiet()
+        if QUIET_WAIT[0] > 0:
+            wait_quiet(QUIET_WAIT[0])
         out, wall, rss, foreign = timed_child(cmd, env, timeout)
         if foreign is None or foreign <= 0.10 * wall:
             break
@@ -336,12 +340,11 @@ def run_roiscope(exe, project, model, work, threads, a, tag=""):
         return measure(cmd, {"RAYON_NUM_THREADS": str(threads)}, a.tries, a.timeout)
     _, wall, rss, foreign = once()
     events = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    steps = [e for e in events if e.get("event", e.get("type")) == "step" or "step" in e
-             and "loss" in e]
+    steps = [e for e in events if e["event"] == "step"]
     times = [e["time"] for e in steps]
     intervals = [b - c for b, c in zip(times[1:], times[:-1])]
     kept = intervals[max(0, a.warmup - 1):]
-    started = next(e for e in events if "trainable_parameters" in e)
+    started = next(e for e in events if e["event"] == "started")
     last = steps[-1]
     res = {"step": statistics.median(kept), "intervals": [round(x, 4) for x in intervals],
            "rss": rss, "wall": wall, "foreign": foreign or 0.0,
@@ -365,8 +368,8 @@ def run_seed(model, data, threads, a, pad=0):
 
 
 def bench(a, exe, work):
-    model = work / "tiny"
-    init_model(exe, "tiny", model, False)
+    model = work / a.model_config
+    init_model(exe, a.model_config, model, False)
     data, project = make_data(exe, work, a.records, a.size)
     rows = []
     for threads in [int(x) for x in a.threads.split(",")]:
@@ -382,7 +385,7 @@ def bench(a, exe, work):
         padded = run_seed(model, data, threads, a, a.seed_pad) if a.seed_pad else None
         rows.append((threads, ours, seed, padded))
     s = next((r[2] for r in rows if r[2]), None)
-    print(f"\ntiny config (f32), batch 2 of {a.size}x{a.size} images, {a.steps} steps, median "
+    print(f"\n{a.model_config} config (f32), batch 2 of {a.size}x{a.size} images, {a.steps} steps, median "
           f"after {a.warmup} warm-up steps; tokens per sample: roiscope "
           f"{rows[0][1]['tokens_per_sample']:.0f}"
           + (f", seed {s['tokens_per_sample']} (grid {s['grid'][0]}); trainable parameters: "
@@ -683,6 +686,8 @@ def main():
     ap.add_argument("--bench-answer-tokens", type=int, default=24,
                     help="answer tokens (with <|im_end|>) of the benchmark's records")
     ap.add_argument("--cuda-overhead", type=float, default=0.6, help="GiB")
+    ap.add_argument("--model-config", default="tiny", choices=["tiny", "small"],
+                    help="init-model config of the benchmark (tiny is the issue's)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
@@ -698,12 +703,15 @@ def main():
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--tries", type=int, default=3)
     ap.add_argument("--timeout", type=int, default=1800)
+    ap.add_argument("--quiet-wait", type=int, default=900,
+                    help="wait up to this many seconds for idle CPUs before each run (0: not)")
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         a.threads = int(a.threads)
         return worker(a)
+    QUIET_WAIT[0] = a.quiet_wait
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = Path(a.work)
