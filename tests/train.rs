@@ -380,3 +380,23 @@ fn two_replicas_train_as_one() {
     // The parameters moved between step 1 and 4: the comparison is of a trained state.
     assert_ne!(params(&runs[0].join("checkpoint-1")), one);
 }
+
+/// DESIGN 4.5: the seed pooled both heads over the whole sequence, answer included, which does
+/// not exist at inference. The ROI head reads image-token states only, and in a causal model
+/// those do not depend on the text after them: the same image with another record's question and
+/// answer (another length, so other padding too) gives the same box.
+#[test]
+fn the_roi_box_does_not_depend_on_the_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, _) = trainer(tmp.path(), config(1));
+    let project = Project::open(&tmp.path().join("project")).unwrap();
+    let examples = load_examples(&project, Split::Train).unwrap();
+    let (a, b) = (&examples[0], &examples[1]);
+    assert_ne!(a.answer.len(), b.answer.len());
+    let p = t.predict(&[(a, a), (b, a)]).unwrap();
+    for i in 0..4 {
+        assert!((p[0].roi[i] - p[1].roi[i]).abs() < 1e-5, "{p:?}");
+    }
+    // The match head does read the text.
+    assert_ne!(p[0].match_probability, p[1].match_probability);
+}

@@ -8,6 +8,7 @@ mod init_model;
 mod prepare;
 mod project;
 mod sample;
+mod synthetic;
 mod train;
 
 use std::process::ExitCode;
@@ -50,6 +51,9 @@ enum Command {
     Train(train::Args),
     /// Summarise the bundled sample project (records, fields, detected boxes)
     Sample(sample::Args),
+    /// Write a synthetic lesion data set (a learnable ROI task with known boxes)
+    #[command(long_about = synthetic::LONG_ABOUT)]
+    Synthetic(synthetic::Args),
 }
 
 /// Parses the command line and runs it; the process exit code.
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Some(Command::InitModel(args)) => init_model::run(args),
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Train(args)) => train::run(args),
+        Some(Command::Synthetic(args)) => synthetic::run(args),
         None => sample::run_default(),
     };
     match result {

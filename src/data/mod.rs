@@ -10,3 +10,4 @@ pub mod record;
 pub mod roi;
 pub mod sample;
 pub mod store;
+pub mod synthetic;

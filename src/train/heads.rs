@@ -216,4 +216,35 @@ mod tests {
             }
         }
     }
+
+    /// DESIGN 4.4: the seed's pooling softmax ran over padding. Masked positions get exactly
+    /// zero weight, so whatever sits in them (here huge values) cannot move the pooled state.
+    #[test]
+    fn padding_gets_no_pooling_weight() {
+        let dev = Device::Cpu;
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &dev);
+        let pool = AttentionPool::load(vb, 8, 16).unwrap();
+        let states = Tensor::randn(0f32, 1.0, (2, 6, 8), &dev).unwrap();
+        // Row 0 is left-padded by two positions, row 1 by none.
+        let mask = Tensor::new(&[[0f32, 0., 1., 1., 1., 1.], [1., 1., 1., 1., 1., 1.]], &dev)
+            .unwrap();
+        let (pooled, weights) = pool.forward(&states, &mask).unwrap();
+        let w = weights.to_vec2::<f32>().unwrap();
+        assert_eq!(&w[0][..2], &[0.0, 0.0]);
+        assert!((w[0].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let junk = Tensor::full(1e4f32, (1, 2, 8), &dev).unwrap();
+        let poisoned = Tensor::cat(
+            &[
+                Tensor::cat(&[&junk, &states.narrow(1, 2, 4).unwrap().narrow(0, 0, 1).unwrap()], 1)
+                    .unwrap(),
+                states.narrow(0, 1, 1).unwrap(),
+            ],
+            0,
+        )
+        .unwrap();
+        let (again, _) = pool.forward(&poisoned, &mask).unwrap();
+        let diff = (pooled - again).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
 }

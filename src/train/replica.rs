@@ -48,6 +48,14 @@ pub struct ShardResult {
     pub tokens: usize,
 }
 
+/// What the heads say about one (image, text) pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    /// `x1, y1, x2, y2`, image-relative.
+    pub roi: [f32; 4],
+    pub match_probability: f32,
+}
+
 pub struct Replica {
     pub model: Qwen3Vl,
     pub lora: LoraSet,
@@ -201,6 +209,24 @@ impl Replica {
             grads: named,
             tokens: batch.tokens,
         })
+    }
+
+    /// The heads' outputs for `samples` without dropout or gradients (evaluation): per sample
+    /// the ROI box (`x1, y1, x2, y2`, image-relative) and the match probability of the pair.
+    pub fn predict(&self, samples: &[Sample]) -> anyhow::Result<Vec<Prediction>> {
+        let batch = data::collate(samples, self.special.0, self.special.1, self.device())?;
+        let out = self.model.forward(&batch.input, Exec::Fused)?;
+        let hidden = out.hidden.to_dtype(DType::F32)?;
+        let boxes: Vec<Vec<f32>> = self.roi.forward(&hidden, &batch.image_mask, None)?.to_vec2()?;
+        let logits: Vec<f32> = self.matcher.forward(&hidden, &batch.valid)?.to_vec1()?;
+        Ok(boxes
+            .into_iter()
+            .zip(logits)
+            .map(|(b, logit)| Prediction {
+                roi: [b[0], b[1], b[2], b[3]],
+                match_probability: 1.0 / (1.0 + (-logit).exp()),
+            })
+            .collect())
     }
 
     /// Sets every trainable parameter to `source`'s values (after the optimiser step on the

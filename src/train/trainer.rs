@@ -24,7 +24,7 @@ use super::devices::{self, DeviceSpec};
 use super::lora::LoraConfig;
 use super::losses::FocalConfig;
 use super::optim::{cosine_with_warmup, Accumulated, AdamW, Group};
-use super::replica::{LossSettings, Replica, Shard, ShardResult};
+use super::replica::{LossSettings, Prediction, Replica, Shard, ShardResult};
 use crate::model::folder::ModelFolder;
 use crate::model::processor::ImageProcessorConfig;
 use crate::model::random::SplitMix;
@@ -399,6 +399,24 @@ impl Trainer {
         } else {
             per_epoch * self.config.epochs
         }
+    }
+
+    /// What the model and heads, as trained so far, say about (text of `pairs[i].0`, image of
+    /// `pairs[i].1`) pairs: the ROI box and the match probability, laid out as in training
+    /// (question, image, answer), without dropout. Runs `batch_size` pairs at a time on the
+    /// first device.
+    pub fn predict(&self, pairs: &[(&Example, &Example)]) -> anyhow::Result<Vec<Prediction>> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(self.config.batch_size.max(1)) {
+            let samples = chunk
+                .iter()
+                .map(|(text, image)| {
+                    data::build_sample(text, image, &self.tokenizer, &self.processor)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            out.extend(self.replicas[0].predict(&samples)?);
+        }
+        Ok(out)
     }
 
     fn trainable_parameters(&self) -> usize {
