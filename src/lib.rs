@@ -5,6 +5,8 @@
 //! - [`data`]: images and DICOM, green-ROI detection, marker removal, the project store;
 //! - [`model`]: Qwen3-VL in candle, its inputs and generation;
 //! - [`train`]: the task heads and losses of multi-task fine-tuning;
+//! - [`infer`]: locate -> diagnose -> verify with a trained checkpoint, overlays;
+//! - [`eval`]: metrics, evaluation reports, calibration of the verify threshold;
 //! - [`parallel`]: an order-preserving worker pool for per-file jobs;
 //! - [`cli`]: the commands, rendering progress and results for a terminal;
 //! - [`assets`]: where the shipped files (sample project, tokenizer) are.
@@ -12,6 +14,8 @@
 pub mod assets;
 pub mod cli;
 pub mod data;
+pub mod eval;
+pub mod infer;
 pub mod model;
 pub mod parallel;
 pub mod train;

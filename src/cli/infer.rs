@@ -1,4 +1,5 @@
-//! `roiscope infer`: one answer from a model folder for an image and a prompt.
+//! `roiscope infer`: one answer from a model folder for an image and a prompt, or, with
+//! `--adapter`, locate -> diagnose -> verify over many images (see [`crate::infer`]).
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -14,25 +15,48 @@ use crate::model::folder::ModelFolder;
 use crate::model::generate::{generate, GenerationConfig, Sampling, StopReason};
 use crate::model::text::KvCache;
 
+#[path = "infer_pipeline.rs"]
+pub(super) mod pipeline;
+
 pub const LONG_ABOUT: &str = "Generate the model's answer to a prompt about an image.\n\n\
     The model folder holds config.json, model.safetensors (or shards and \
     model.safetensors.index.json), tokenizer.json and preprocessor_config.json, as Hugging Face \
     saves Qwen3-VL (`roiscope init-model` writes one with random weights). The prompt is one user \
     turn: the image, then the text (or the image where the text says <image>). Tokens are printed \
     as they are generated; generation stops at <|im_end|>, at an eos token of \
-    generation_config.json, or after --max-new-tokens.";
+    generation_config.json, or after --max-new-tokens.\n\n\
+    With --adapter RUN_DIR|CHECKPOINT (a run folder means its latest checkpoint) the trained \
+    pipeline runs on every --image: locate (the ROI head's box), diagnose (greedy generation), \
+    verify (the match head on the image and the generated diagnosis, laid out as in training). \
+    Below the threshold (--threshold, else the run's calibration.json from `roiscope eval \
+    --calibrate`, else 0.5) the diagnosis is withheld and flagged unverified. One result per \
+    image goes to stdout (a JSON line with --json), a progress bar to stderr; an image that \
+    cannot be read gets an error entry and the batch goes on. --overlay OUT_DIR writes \
+    <name>.overlay.png per image with the box, the score and the verdict.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Model folder
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
-    /// Image (JPEG, PNG, BMP, TIFF or DICOM); leave out for a text-only prompt
-    #[arg(long, value_name = "FILE")]
-    image: Option<PathBuf>,
-    /// The question
+    /// Image (JPEG, PNG, BMP, TIFF or DICOM); leave out for a text-only prompt. With
+    /// --adapter: one or more images
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// The question (with --adapter the default is the sample data's question form)
     #[arg(long, value_name = "TEXT")]
-    prompt: String,
+    prompt: Option<String>,
+    /// A trained run folder (its latest checkpoint) or checkpoint folder: run locate ->
+    /// diagnose -> verify
+    #[arg(long, value_name = "RUN_DIR|CHECKPOINT")]
+    adapter: Option<PathBuf>,
+    /// With --adapter: write an overlay PNG per image into this folder
+    #[arg(long, value_name = "OUT_DIR", requires = "adapter")]
+    overlay: Option<PathBuf>,
+    /// With --adapter: verify threshold on the match probability (default: the run's
+    /// calibration, else 0.5)
+    #[arg(long, value_name = "P", requires = "adapter")]
+    threshold: Option<f64>,
     /// Most tokens to generate
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_new_tokens: usize,
@@ -62,19 +86,28 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.adapter.is_some() {
+        return pipeline::run(args);
+    }
+    let Some(question) = args.prompt.clone() else {
+        anyhow::bail!("--prompt is required without --adapter");
+    };
+    if args.image.len() > 1 {
+        anyhow::bail!("plain generation takes one --image; --adapter runs the pipeline on many");
+    }
     let device = parse_device(&args.device)?;
     let dtype = if args.bf16 { DType::BF16 } else { DType::F32 };
     let started = Instant::now();
     let folder = ModelFolder::open(&args.model, dtype, &device)?;
     let load_seconds = started.elapsed().as_secs_f64();
-    let image = match &args.image {
+    let image = match args.image.first() {
         Some(path) => Some(
             image_io::load_rgb8(path, LoadOptions::default())
                 .with_context(|| format!("cannot read image {}", path.display()))?,
         ),
         None => None,
     };
-    let prompt = folder.prompt(image.as_ref(), &args.prompt)?;
+    let prompt = folder.prompt(image.as_ref(), &question)?;
     let context = folder.config.text.max_position_embeddings;
     if prompt.input.seq_len() >= context {
         anyhow::bail!(

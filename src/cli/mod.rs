@@ -2,6 +2,7 @@
 //! diagnostics on stderr.
 
 mod detect_roi;
+mod eval;
 mod export;
 mod infer;
 mod init_model;
@@ -44,6 +45,9 @@ enum Command {
     /// Generate a model's answer to a prompt about an image
     #[command(long_about = infer::LONG_ABOUT)]
     Infer(infer::Args),
+    /// Evaluate a trained run on a project split: IoU, match AUC, ROUGE-L, BLEU-4, the verify gate
+    #[command(long_about = eval::LONG_ABOUT)]
+    Eval(eval::Args),
     /// Write a Qwen3-VL model folder with random weights (tests and demos)
     InitModel(init_model::Args),
     /// Fine-tune a model on a project: LoRA, ROI and match heads, live losses
@@ -65,6 +69,7 @@ pub fn main() -> ExitCode {
         Some(Command::Export(args)) => export::run(args),
         Some(Command::Project(command)) => project::run(command),
         Some(Command::Infer(args)) => infer::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
         Some(Command::InitModel(args)) => init_model::run(args),
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Train(args)) => train::run(args),

@@ -8,7 +8,7 @@ use anyhow::ensure;
 use candle_core::{DType, IndexOp};
 
 use super::ops::Exec;
-use super::qwen3_vl::{ModelInput, Qwen3Vl};
+use super::qwen3_vl::{ModelInput, ModelOutput, Qwen3Vl};
 use super::random::SplitMix;
 use super::text::KvCache;
 
@@ -110,6 +110,20 @@ pub fn generate(
     input: &ModelInput,
     config: &GenerationConfig,
     cache: &mut KvCache,
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> anyhow::Result<Generation> {
+    generate_observed(model, input, config, cache, |_| Ok(()), on_token)
+}
+
+/// [`generate`], handing the prompt's final hidden states to `on_prefill` before the first
+/// token is chosen (the task heads read them: in a causal model the prompt's states do not
+/// depend on what follows).
+pub fn generate_observed(
+    model: &Qwen3Vl,
+    input: &ModelInput,
+    config: &GenerationConfig,
+    cache: &mut KvCache,
+    on_prefill: impl FnOnce(&ModelOutput) -> anyhow::Result<()>,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> anyhow::Result<Generation> {
     ensure!(input.batch() == 1, "generation takes one prompt at a time");
@@ -129,6 +143,7 @@ pub fn generate(
     let exec = Exec::Fused;
     let started = Instant::now();
     let out = model.prefill(input, cache, exec)?;
+    on_prefill(&out)?;
     let last = out.hidden.i((0, input.seq_len() - 1))?;
     let mut logits = model.logits(&last)?.to_dtype(DType::F32)?;
     let prefill_seconds = started.elapsed().as_secs_f64();
