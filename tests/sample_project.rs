@@ -46,8 +46,9 @@ fn records_keep_every_field_and_both_answer_forms() {
 }
 
 #[test]
-fn the_no_argument_command_summarises_the_sample() {
+fn the_sample_command_summarises_the_sample() {
     let out = Command::new(env!("CARGO_BIN_EXE_roiscope"))
+        .arg("sample")
         .output()
         .expect("roiscope runs");
     assert!(out.status.success());

@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Synthetic(args)) => synthetic::run(args),
-        None => sample::run_default(),
+        None => crate::app::run().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

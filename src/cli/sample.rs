@@ -1,5 +1,5 @@
-//! `roiscope sample` (and `roiscope` with no command, until the workbench window exists):
-//! a summary of the bundled sample project.
+//! `roiscope sample`: a summary of the bundled sample project (`roiscope` with no command opens
+//! the workbench on it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,17 +16,6 @@ pub struct Args {
     /// Structured field that holds the diagnosis
     #[arg(long, default_value = "Clinical Diagnosis Tips")]
     diagnosis_field: String,
-}
-
-pub fn run_default() -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "roiscope: the workbench window is not built yet; showing the bundled sample project.\n\
-         Run `roiscope --help` for the commands.\n"
-    );
-    run(Args {
-        project: None,
-        diagnosis_field: "Clinical Diagnosis Tips".into(),
-    })
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,220 @@
+//! The record browser: the project's records with thumbnails, filters and counts.
+
+use egui::{Color32, RichText, Sense, Ui, Vec2};
+
+use super::images::{ImageCache, ImageKey, Slot, THUMB_SIZE};
+use super::Command;
+use crate::data::store::{BoxSource, ReviewStatus, Split, StoredRecord};
+
+/// What the list shows of one record; rebuilt from the store after every edit to it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: i64,
+    pub image: String,
+    pub status: ReviewStatus,
+    pub split: Option<Split>,
+    pub has_box: bool,
+    pub corrected: bool,
+    pub diagnosis: String,
+    /// Everything the text search looks in, lower case.
+    pub haystack: String,
+    pub thumb: std::path::PathBuf,
+}
+
+impl Row {
+    pub fn new(r: &StoredRecord, thumb: std::path::PathBuf) -> Row {
+        let mut haystack = format!("{} {} {}", r.image, r.diagnosis, r.stratum);
+        if let Some(fields) = &r.fields {
+            for (k, v) in fields {
+                haystack.push(' ');
+                haystack.push_str(k);
+                haystack.push(' ');
+                haystack.push_str(v.as_str().map_or_else(|| v.to_string(), str::to_string).as_str());
+            }
+        }
+        Row {
+            id: r.id,
+            image: r.image.clone(),
+            status: r.status,
+            split: r.split,
+            has_box: r.ground_truth().is_some(),
+            corrected: r.get_box(BoxSource::Corrected).is_some(),
+            diagnosis: r.diagnosis.clone(),
+            haystack: haystack.to_lowercase(),
+            thumb,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BoxFilter {
+    #[default]
+    Any,
+    With,
+    Without,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    pub status: Option<ReviewStatus>,
+    pub split: Option<Split>,
+    pub boxes: BoxFilter,
+    pub text: String,
+}
+
+impl Filters {
+    pub fn matches(&self, r: &Row) -> bool {
+        self.status.is_none_or(|s| s == r.status)
+            && self.split.is_none_or(|s| Some(s) == r.split)
+            && match self.boxes {
+                BoxFilter::Any => true,
+                BoxFilter::With => r.has_box,
+                BoxFilter::Without => !r.has_box,
+            }
+            && (self.text.trim().is_empty()
+                || self
+                    .text
+                    .to_lowercase()
+                    .split_whitespace()
+                    .all(|w| r.haystack.contains(w)))
+    }
+}
+
+#[derive(Default)]
+pub struct Browser {
+    pub filters: Filters,
+}
+
+impl Browser {
+    /// Indices into `rows` that pass the filters.
+    pub fn visible(&self, rows: &[Row]) -> Vec<usize> {
+        (0..rows.len()).filter(|&i| self.filters.matches(&rows[i])).collect()
+    }
+
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        rows: &[Row],
+        current: Option<usize>,
+        images: &mut ImageCache,
+        commands: &mut Vec<Command>,
+    ) {
+        let f = &mut self.filters;
+        ui.horizontal(|ui| {
+            let label = ui.label("Search");
+            ui.add(egui::TextEdit::singleline(&mut f.text).hint_text("field, diagnosis, file…").desired_width(f32::INFINITY))
+                .labelled_by(label.id)
+                .on_hover_text("Show records whose image name, diagnosis or fields contain every word");
+        });
+        ui.horizontal_wrapped(|ui| {
+            egui::ComboBox::from_id_salt("status-filter")
+                .selected_text(f.status.map_or("any status", ReviewStatus::as_str))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut f.status, None, "any status");
+                    for s in ReviewStatus::ALL {
+                        ui.selectable_value(&mut f.status, Some(s), s.as_str());
+                    }
+                })
+                .response
+                .on_hover_text("Filter by review status");
+            egui::ComboBox::from_id_salt("split-filter")
+                .selected_text(f.split.map_or("any split", Split::as_str))
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut f.split, None, "any split");
+                    for s in Split::ALL {
+                        ui.selectable_value(&mut f.split, Some(s), s.as_str());
+                    }
+                })
+                .response
+                .on_hover_text("Filter by train/val/test split");
+            egui::ComboBox::from_id_salt("box-filter")
+                .selected_text(match f.boxes {
+                    BoxFilter::Any => "box or not",
+                    BoxFilter::With => "has a box",
+                    BoxFilter::Without => "no box",
+                })
+                .show_ui(ui, |ui| {
+                    ui.selectable_value(&mut f.boxes, BoxFilter::Any, "box or not");
+                    ui.selectable_value(&mut f.boxes, BoxFilter::With, "has a box");
+                    ui.selectable_value(&mut f.boxes, BoxFilter::Without, "no box");
+                })
+                .response
+                .on_hover_text("Filter by whether the record has a detected or corrected box");
+        });
+        let visible = self.visible(rows);
+        let count = |s: ReviewStatus| rows.iter().filter(|r| r.status == s).count();
+        ui.label(
+            RichText::new(format!(
+                "{} of {} shown · {} unreviewed · {} accepted · {} rejected · {} needs-fix",
+                visible.len(),
+                rows.len(),
+                count(ReviewStatus::Unreviewed),
+                count(ReviewStatus::Accepted),
+                count(ReviewStatus::Rejected),
+                count(ReviewStatus::NeedsFix)
+            ))
+            .small(),
+        );
+        ui.separator();
+        let row_height = THUMB_SIZE as f32 * 0.75 + 8.0;
+        egui::ScrollArea::vertical().auto_shrink([false, false]).show_rows(
+            ui,
+            row_height,
+            visible.len(),
+            |ui, range| {
+                for &i in &visible[range] {
+                    let row = &rows[i];
+                    let selected = current == Some(i);
+                    ui.horizontal(|ui| {
+                            ui.set_min_height(row_height - 4.0);
+                            let thumb = THUMB_SIZE as f32 * 0.75;
+                            let key = ImageKey { path: row.thumb.clone(), thumb: true };
+                            let (rect, _) = ui.allocate_exact_size(Vec2::splat(thumb), Sense::hover());
+                            match images.get(ui.ctx(), &key) {
+                                Slot::Ready(d) => {
+                                    let size = d.texture.size_vec2();
+                                    let scale = (thumb / size.x.max(size.y)).min(1.0);
+                                    let r = egui::Rect::from_center_size(rect.center(), size * scale);
+                                    ui.painter().image(d.texture.id(), r, egui::Rect::from_min_max(egui::Pos2::ZERO, egui::pos2(1.0, 1.0)), Color32::WHITE);
+                                }
+                                Slot::Loading => {
+                                    ui.painter().rect_filled(rect, 2.0, Color32::from_gray(50));
+                                }
+                                Slot::Failed(_) => {
+                                    ui.painter().rect_filled(rect, 2.0, Color32::from_rgb(90, 25, 25));
+                                    ui.painter().text(rect.center(), egui::Align2::CENTER_CENTER, "!", egui::FontId::proportional(18.0), Color32::WHITE);
+                                }
+                            }
+                            ui.vertical(|ui| {
+                                let name = row.image.rsplit('/').next().unwrap_or(&row.image);
+                                let text = RichText::new(format!("#{} {name}", row.id));
+                                ui.selectable_label(selected, if selected { text.strong() } else { text })
+                                    .on_hover_text(&row.diagnosis)
+                                    .clicked()
+                                    .then(|| commands.push(Command::Select(i)));
+                                ui.horizontal(|ui| {
+                                    ui.label(RichText::new(row.status.as_str()).small().color(status_colour(row.status)));
+                                    ui.label(RichText::new(row.split.map_or("-", Split::as_str)).small());
+                                    let boxes = match (row.has_box, row.corrected) {
+                                        (_, true) => "corrected",
+                                        (true, false) => "box",
+                                        (false, false) => "no box",
+                                    };
+                                    ui.label(RichText::new(boxes).small());
+                                });
+                            });
+                        });
+                }
+            },
+        );
+    }
+}
+
+pub fn status_colour(s: ReviewStatus) -> Color32 {
+    match s {
+        ReviewStatus::Unreviewed => Color32::GRAY,
+        ReviewStatus::Accepted => Color32::from_rgb(90, 200, 90),
+        ReviewStatus::Rejected => Color32::from_rgb(230, 80, 80),
+        ReviewStatus::NeedsFix => Color32::from_rgb(240, 180, 60),
+    }
+}

@@ -1,0 +1,586 @@
+//! The training dashboard: the run's settings, Start / Pause / Stop-and-save, and live curves.
+//! The trainer runs on its own thread and talks only through channels; the UI drains them each
+//! frame and never waits. Every event also goes to `RUN_DIR/metrics.jsonl` (as with
+//! `roiscope train`), so earlier runs can be listed and their curves restored.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use candle_core::DType;
+use egui::{RichText, Ui};
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+use serde_json::Value;
+
+use crate::data::store::{Project, Split};
+use crate::model::folder::ModelFolder;
+use crate::train::data::load_examples;
+use crate::train::devices;
+use crate::train::trainer::{Control, Event, TrainConfig, Trainer, TASKS};
+
+/// Every curve of a run, by optimiser step.
+#[derive(Debug, Clone, Default)]
+pub struct Curves {
+    pub steps: Vec<f64>,
+    pub loss: [Vec<f64>; 3],
+    pub weighted: [Vec<f64>; 3],
+    pub total: Vec<f64>,
+    pub precision: [Vec<f64>; 3],
+    pub lr_lora: Vec<f64>,
+    pub lr_heads: Vec<f64>,
+    pub total_steps: usize,
+    pub eta_seconds: f64,
+    pub samples_per_second: f64,
+}
+
+impl Curves {
+    pub fn push(&mut self, e: &Event) {
+        if let Event::Step {
+            step,
+            total_steps,
+            loss,
+            weighted,
+            precision,
+            total,
+            lr_lora,
+            lr_heads,
+            samples_per_second,
+            eta_seconds,
+            ..
+        } = e
+        {
+            self.steps.push(*step as f64);
+            for i in 0..3 {
+                self.loss[i].push(loss[i]);
+                self.weighted[i].push(weighted[i]);
+                self.precision[i].push(precision[i]);
+            }
+            self.total.push(*total);
+            self.lr_lora.push(*lr_lora);
+            self.lr_heads.push(*lr_heads);
+            self.total_steps = *total_steps;
+            self.eta_seconds = *eta_seconds;
+            self.samples_per_second = *samples_per_second;
+        }
+    }
+
+    /// Reads the step events of a `metrics.jsonl` (lines that are not step events are skipped).
+    pub fn from_metrics(path: &Path) -> anyhow::Result<Curves> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut curves = Curves::default();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            if v["event"] != "step" {
+                continue;
+            }
+            let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+            let arr = |k: &str| -> [f64; 3] { std::array::from_fn(|i| v[k][i].as_f64().unwrap_or(f64::NAN)) };
+            curves.push(&Event::Step {
+                step: num("step") as usize,
+                total_steps: num("total_steps") as usize,
+                epoch: num("epoch") as usize,
+                loss: arr("loss"),
+                weighted: arr("weighted"),
+                precision: arr("precision"),
+                total: num("total"),
+                lr_lora: num("lr_lora"),
+                lr_heads: num("lr_heads"),
+                grad_norm: num("grad_norm"),
+                negatives: num("negatives") as usize,
+                samples_per_second: num("samples_per_second"),
+                tokens_per_second: num("tokens_per_second"),
+                eta_seconds: num("eta_seconds"),
+            });
+        }
+        Ok(curves)
+    }
+
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+}
+
+/// A run in progress (or just ended) on the worker thread.
+pub struct ActiveRun {
+    pub dir: PathBuf,
+    control: Sender<Control>,
+    events: Receiver<Event>,
+    pub paused: bool,
+    pub ended: bool,
+}
+
+/// What the dashboard is doing, for the status line and for tests.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    Idle,
+    Loading,
+    Running,
+    Paused,
+    Stopping,
+    Ended(String),
+    Failed(String),
+}
+
+pub struct TrainingPanel {
+    pub config: TrainConfig,
+    pub devices: String,
+    pub run: Option<ActiveRun>,
+    pub curves: Curves,
+    pub state: RunState,
+    /// Run folders of the project with a metrics file, newest first.
+    pub runs: Vec<PathBuf>,
+    runs_of: Option<PathBuf>,
+    /// Which run the curves show.
+    pub showing: Option<PathBuf>,
+    pub log: Vec<String>,
+}
+
+impl Default for TrainingPanel {
+    fn default() -> Self {
+        TrainingPanel {
+            // Small, fast defaults for a workstation run; the user raises them.
+            config: TrainConfig { epochs: 1, ..TrainConfig::default() },
+            devices: "cpu".into(),
+            run: None,
+            curves: Curves::default(),
+            state: RunState::Idle,
+            runs: Vec::new(),
+            runs_of: None,
+            showing: None,
+            log: Vec::new(),
+        }
+    }
+}
+
+/// Builds a trainer as `roiscope train` does: the project's train split, the model folder on the
+/// first device (bf16 base weights on a GPU, f32 on the CPU), fresh adapters and heads.
+pub fn new_trainer(project: &Path, model: &Path, config: TrainConfig, devices: &str, out: &Path) -> anyhow::Result<Trainer> {
+    let devices = devices::parse(devices)?;
+    let first = devices[0].open()?;
+    let project = Project::open(project)?;
+    let examples = load_examples(&project, Split::Train)?;
+    let dtype = if first.is_cuda() { DType::BF16 } else { DType::F32 };
+    let folder = ModelFolder::open(model, dtype, &first).with_context(|| format!("cannot load the model folder {}", model.display()))?;
+    Trainer::new(config, folder, examples, out, &devices)
+}
+
+/// A new run folder under the project's `runs/`.
+fn new_run_dir(project: &Path) -> PathBuf {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let base = project.join("runs");
+    let mut dir = base.join(format!("run-{secs}"));
+    let mut n = 1;
+    while dir.exists() {
+        n += 1;
+        dir = base.join(format!("run-{secs}-{n}"));
+    }
+    dir
+}
+
+impl TrainingPanel {
+    /// Starts a run on a worker thread. Loading the model happens there too, so a large model
+    /// or a bad folder never blocks a frame; failures arrive as an error event.
+    pub fn start(&mut self, ctx: &egui::Context, project: &Path, model: &Path) {
+        if self.run.as_ref().is_some_and(|r| !r.ended) {
+            return;
+        }
+        let dir = new_run_dir(project);
+        let (control_tx, control_rx) = channel();
+        let (ui_tx, ui_rx) = channel();
+        let (project, model, config, devices, out) =
+            (project.to_path_buf(), model.to_path_buf(), self.config.clone(), self.devices.clone(), dir.clone());
+        let ctx = ctx.clone();
+        std::thread::spawn(move || {
+            let result = (|| -> anyhow::Result<()> {
+                config.validate()?;
+                std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+                let mut trainer = new_trainer(&project, &model, config, &devices, &out)?;
+                let (tx, rx) = channel();
+                let metrics_path = out.join("metrics.jsonl");
+                let forward = {
+                    let ui_tx = ui_tx.clone();
+                    let ctx = ctx.clone();
+                    std::thread::spawn(move || forward_events(rx, &metrics_path, &ui_tx, &ctx))
+                };
+                let run = trainer.run(&tx, &control_rx);
+                drop(tx);
+                let _ = forward.join();
+                // The trainer already reported its own failure as an event.
+                run.or(Ok(()))
+            })();
+            if let Err(e) = result {
+                let _ = ui_tx.send(Event::Error { message: format!("{e:#}") });
+            }
+            ctx.request_repaint();
+        });
+        self.curves = Curves::default();
+        self.showing = Some(dir.clone());
+        self.state = RunState::Loading;
+        self.log.push(format!("starting a run in {}", dir.display()));
+        self.run = Some(ActiveRun { dir, control: control_tx, events: ui_rx, paused: false, ended: false });
+    }
+
+    pub fn pause_or_resume(&mut self) {
+        if let Some(run) = &mut self.run {
+            if run.ended {
+                return;
+            }
+            let _ = run.control.send(if run.paused { Control::Resume } else { Control::Pause });
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(run) = &self.run {
+            if !run.ended && run.control.send(Control::Stop).is_ok() {
+                self.state = RunState::Stopping;
+            }
+        }
+    }
+
+    /// Takes the worker's events; call once per frame.
+    pub fn poll(&mut self) {
+        let Some(run) = &mut self.run else { return };
+        loop {
+            match run.events.try_recv() {
+                Ok(event) => {
+                    self.curves.push(&event);
+                    match &event {
+                        Event::Started { examples, total_steps, devices, .. } => {
+                            self.state = RunState::Running;
+                            self.log.push(format!("{examples} examples, {total_steps} steps on {}", devices.join(", ")));
+                        }
+                        Event::Step { .. } => {
+                            if self.state == RunState::Loading {
+                                self.state = RunState::Running;
+                            }
+                        }
+                        Event::Paused { step } => {
+                            run.paused = true;
+                            self.state = RunState::Paused;
+                            self.log.push(format!("paused at step {step}"));
+                        }
+                        Event::Resumed { step } => {
+                            run.paused = false;
+                            self.state = RunState::Running;
+                            self.log.push(format!("resumed at step {step}"));
+                        }
+                        Event::Checkpoint { step, dir } => self.log.push(format!("step {step}: checkpoint {}", dir.display())),
+                        Event::Warning { message } => self.log.push(format!("warning: {message}")),
+                        Event::Stopped { step } => {
+                            self.state = RunState::Ended(format!("stopped and saved at step {step}"));
+                        }
+                        Event::Finished { step } => {
+                            self.state = RunState::Ended(format!("finished after {step} steps"));
+                        }
+                        Event::Error { message } => {
+                            self.state = RunState::Failed(message.clone());
+                            self.log.push(format!("error: {message}"));
+                        }
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    run.ended = true;
+                    if matches!(self.state, RunState::Loading | RunState::Running | RunState::Paused | RunState::Stopping) {
+                        self.state = RunState::Ended("the training thread ended".into());
+                    }
+                    // The new run's folder joins the list.
+                    self.runs_of = None;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn refresh_runs(&mut self, project: &Path) {
+        if self.runs_of.as_deref() == Some(project) {
+            return;
+        }
+        self.runs_of = Some(project.to_path_buf());
+        let mut runs: Vec<PathBuf> = std::fs::read_dir(project.join("runs"))
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.join("metrics.jsonl").is_file()).collect())
+            .unwrap_or_default();
+        runs.sort();
+        runs.reverse();
+        self.runs = runs;
+    }
+
+    pub fn busy(&self) -> bool {
+        self.run.as_ref().is_some_and(|r| !r.ended)
+    }
+
+    pub fn ui(&mut self, ui: &mut Ui, project: Option<&Path>, model_folder: &mut String, smoothing: &mut f64) {
+        self.poll();
+        if let Some(p) = project {
+            self.refresh_runs(p);
+        }
+        egui::Panel::left("train-settings").resizable(true).default_size(300.0).show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| self.settings_ui(ui, project, model_folder));
+        });
+        egui::CentralPanel::default().show(ui, |ui| self.plots_ui(ui, smoothing));
+    }
+
+    fn settings_ui(&mut self, ui: &mut Ui, project: Option<&Path>, model_folder: &mut String) {
+        ui.heading("Training");
+        let busy = self.busy();
+        ui.horizontal(|ui| {
+            let label = ui.label("Model folder");
+            ui.add(egui::TextEdit::singleline(model_folder).desired_width(f32::INFINITY).hint_text("/path/to/model"))
+                .labelled_by(label.id)
+                .on_hover_text("A Qwen3-VL model folder (config.json, safetensors, tokenizer.json); `roiscope init-model` makes a tiny one");
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("Devices");
+            ui.add_enabled(!busy, egui::TextEdit::singleline(&mut self.devices).desired_width(120.0))
+                .labelled_by(label.id)
+                .on_hover_text("One replica per device: cpu, cuda:0, cuda:0,1 (data parallel); cpu,cpu runs two CPU replicas");
+            ui.label(RichText::new(format!("found: {}", devices_found())).small());
+        });
+        ui.add_enabled_ui(!busy, |ui| config_ui(ui, &mut self.config));
+        ui.separator();
+        ui.horizontal(|ui| {
+            let can_start = !busy && project.is_some() && !model_folder.trim().is_empty();
+            if ui
+                .add_enabled(can_start, egui::Button::new("Start"))
+                .on_hover_text("Start a new run on the project's train split; metrics and checkpoints go to PROJECT/runs/")
+                .on_disabled_hover_text("Open a project and give a model folder; one run at a time")
+                .clicked()
+            {
+                if let Some(p) = project {
+                    self.start(ui.ctx(), p, Path::new(model_folder.trim()));
+                }
+            }
+            let paused = self.run.as_ref().is_some_and(|r| r.paused);
+            if ui
+                .add_enabled(busy, egui::Button::new(if paused { "Resume" } else { "Pause" }))
+                .on_hover_text("Pause between batches, or resume")
+                .clicked()
+            {
+                self.pause_or_resume();
+            }
+            if ui
+                .add_enabled(busy, egui::Button::new("Stop and save"))
+                .on_hover_text("Save a checkpoint at the next step boundary and end the run")
+                .clicked()
+            {
+                self.stop();
+            }
+        });
+        let (text, colour) = match &self.state {
+            RunState::Idle => ("idle".to_string(), egui::Color32::GRAY),
+            RunState::Loading => ("loading the model…".to_string(), egui::Color32::LIGHT_BLUE),
+            RunState::Running => ("running".to_string(), egui::Color32::LIGHT_GREEN),
+            RunState::Paused => ("paused".to_string(), egui::Color32::YELLOW),
+            RunState::Stopping => ("stopping: saving a checkpoint…".to_string(), egui::Color32::YELLOW),
+            RunState::Ended(s) => (s.clone(), egui::Color32::LIGHT_GREEN),
+            RunState::Failed(e) => (format!("failed: {e}"), egui::Color32::from_rgb(255, 120, 120)),
+        };
+        ui.label(RichText::new(text).color(colour));
+        ui.separator();
+        ui.label(RichText::new("Runs").strong());
+        if self.runs.is_empty() {
+            ui.label(RichText::new("no runs in this project yet").small());
+        }
+        let mut load = None;
+        for run in &self.runs {
+            let name = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let shown = self.showing.as_deref() == Some(run.as_path());
+            if ui.selectable_label(shown, &name).on_hover_text("Show this run's curves (from its metrics.jsonl)").clicked() {
+                load = Some(run.clone());
+            }
+        }
+        if let Some(run) = load {
+            if !self.busy() {
+                match Curves::from_metrics(&run.join("metrics.jsonl")) {
+                    Ok(c) => {
+                        self.curves = c;
+                        self.showing = Some(run);
+                    }
+                    Err(e) => self.log.push(format!("{e:#}")),
+                }
+            } else {
+                self.log.push("a run is in progress; its curves stay on screen".into());
+            }
+        }
+        ui.separator();
+        for line in self.log.iter().rev().take(8) {
+            ui.label(RichText::new(line).small());
+        }
+    }
+
+    fn plots_ui(&mut self, ui: &mut Ui, smoothing: &mut f64) {
+        let c = &self.curves;
+        let step = c.steps.last().copied().unwrap_or(0.0);
+        let fraction = if c.total_steps > 0 { step as f32 / c.total_steps as f32 } else { 0.0 };
+        ui.add(egui::ProgressBar::new(fraction).show_percentage().text(format!(
+            "step {step:.0} of {} · ETA {} · {:.2} samples/s",
+            c.total_steps,
+            format_eta(c.eta_seconds),
+            c.samples_per_second
+        )))
+        .on_hover_text("Progress of the run shown below");
+        ui.horizontal(|ui| {
+            ui.add(egui::Slider::new(smoothing, 0.0..=0.99).text("smoothing"))
+                .on_hover_text("Exponential moving average of the curves (0: raw values)");
+            ui.label(format!("{} points per curve", c.len()));
+        });
+        let s = *smoothing;
+        let series = |v: &[f64]| -> PlotPoints<'static> { smooth(&c.steps, v, s).into() };
+        let height = ((ui.available_height() - 20.0) / 2.0).max(120.0);
+        let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
+        let group = ui.id().with("train-plots");
+        let plot = |id: &str, title: &str| {
+            Plot::new(id.to_string())
+                .height(height)
+                .width(width)
+                .legend(Legend::default())
+                .link_axis(group, [true, false])
+                .x_axis_label("step")
+                .y_axis_label(title.to_string())
+        };
+        ui.horizontal(|ui| {
+            ui.vertical(|ui| {
+                ui.label(RichText::new("Raw loss per task").strong()).on_hover_text("L_i for roi, match and lm");
+                plot("raw", "loss").show(ui, |p| {
+                    for (i, t) in TASKS.iter().enumerate() {
+                        p.line(Line::new(*t, series(&c.loss[i])));
+                    }
+                });
+            });
+            ui.vertical(|ui| {
+                ui.label(RichText::new("Weighted terms and total").strong())
+                    .on_hover_text("0.5 exp(-s_i) L_i + 0.5 s_i per task, and their sum");
+                plot("weighted", "term").show(ui, |p| {
+                    for (i, t) in TASKS.iter().enumerate() {
+                        p.line(Line::new(format!("{t} weighted"), series(&c.weighted[i])));
+                    }
+                    p.line(Line::new("total", series(&c.total)).width(2.5));
+                });
+            });
+        });
+        ui.horizontal(|ui| {
+            ui.vertical(|ui| {
+                ui.label(RichText::new("Learned task weights exp(-s_i)").strong())
+                    .on_hover_text("How much each task counts; learned with the uncertainty weighting");
+                plot("precision", "exp(-s)").show(ui, |p| {
+                    for (i, t) in TASKS.iter().enumerate() {
+                        p.line(Line::new(format!("{t} weight"), series(&c.precision[i])));
+                    }
+                });
+            });
+            ui.vertical(|ui| {
+                ui.label(RichText::new("Learning rate").strong()).on_hover_text("LoRA and heads parameter groups (warmup, cosine)");
+                plot("lr", "lr").show(ui, |p| {
+                    p.line(Line::new("lr lora", PlotPoints::from(smooth(&c.steps, &c.lr_lora, 0.0))));
+                    p.line(Line::new("lr heads", PlotPoints::from(smooth(&c.steps, &c.lr_heads, 0.0))));
+                });
+            });
+        });
+    }
+}
+
+/// The training settings, each with its tooltip.
+fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
+    egui::Grid::new("train-config").num_columns(2).striped(true).show(ui, |ui| {
+        let usize_row = |ui: &mut Ui, name: &str, v: &mut usize, min: usize, tip: &str| {
+            ui.label(name).on_hover_text(tip);
+            ui.add(egui::DragValue::new(v).range(min..=1_000_000)).on_hover_text(tip);
+            ui.end_row();
+        };
+        usize_row(ui, "epochs", &mut c.epochs, 1, "Passes over the train split");
+        usize_row(ui, "max steps", &mut c.max_steps, 0, "Stop after this many optimiser steps (0: all epochs)");
+        usize_row(ui, "batch size", &mut c.batch_size, 1, "Samples per batch, all devices together");
+        usize_row(ui, "accumulation", &mut c.grad_accum, 1, "Batches per optimiser step (gradient accumulation)");
+        usize_row(ui, "warmup steps", &mut c.warmup_steps, 0, "Linear warmup before the cosine schedule");
+        usize_row(ui, "LoRA r", &mut c.lora_r, 1, "Rank of the LoRA adapters");
+        usize_row(ui, "checkpoint every", &mut c.checkpoint_every, 0, "Steps between checkpoints (0: only at the end)");
+        let f64_row = |ui: &mut Ui, name: &str, v: &mut f64, speed: f64, tip: &str| {
+            ui.label(name).on_hover_text(tip);
+            ui.add(egui::DragValue::new(v).speed(speed).max_decimals(6)).on_hover_text(tip);
+            ui.end_row();
+        };
+        f64_row(ui, "LoRA alpha", &mut c.lora_alpha, 1.0, "LoRA scaling numerator (scale = alpha / r)");
+        f64_row(ui, "LoRA dropout", &mut c.lora_dropout, 0.01, "Dropout on the LoRA input");
+        f64_row(ui, "lr LoRA", &mut c.lr_lora, 1e-5, "Learning rate of the LoRA adapters");
+        f64_row(ui, "lr heads", &mut c.lr_heads, 1e-4, "Learning rate of the ROI and match heads and task weights");
+        f64_row(ui, "negative ratio", &mut c.negative_ratio, 0.01, "Expected share of each batch paired with another record's image");
+        f64_row(ui, "missed-diagnosis weight", &mut c.missed_diagnosis_weight, 0.5, "Focal-loss weight of true pairs scored under 0.5");
+        f64_row(ui, "focal alpha", &mut c.focal_alpha, 0.01, "Focal loss alpha (weight of positives)");
+        f64_row(ui, "focal gamma", &mut c.focal_gamma, 0.1, "Focal loss gamma (focus on hard examples)");
+        ui.label("LoRA targets").on_hover_text("Linear layers that get adapters, comma-separated");
+        let mut targets = c.lora_targets.join(",");
+        if ui
+            .add(egui::TextEdit::singleline(&mut targets).desired_width(160.0))
+            .on_hover_text("Linear layers that get adapters, comma-separated (q_proj, v_proj, gate_proj, ...)")
+            .changed()
+        {
+            c.lora_targets = targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+        }
+        ui.end_row();
+        ui.label("hard negatives").on_hover_text("Draw negatives of the same modality/organ with another diagnosis");
+        ui.checkbox(&mut c.hard_negatives, "").on_hover_text("Draw negatives of the same modality/organ with another diagnosis");
+        ui.end_row();
+    });
+}
+
+fn devices_found() -> String {
+    // CUDA devices are only visible in a build with the cuda feature.
+    if cfg!(feature = "cuda") {
+        "cpu, cuda (see --devices)".into()
+    } else {
+        format!("cpu ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
+fn format_eta(s: f64) -> String {
+    if !s.is_finite() || s <= 0.0 {
+        return "-".into();
+    }
+    let s = s.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// `(x, y)` pairs with an exponential moving average of `y` (`alpha` 0: raw).
+pub fn smooth(x: &[f64], y: &[f64], alpha: f64) -> Vec<[f64; 2]> {
+    let mut acc: Option<f64> = None;
+    x.iter()
+        .zip(y)
+        .filter(|(_, v)| v.is_finite())
+        .map(|(x, &v)| {
+            let s = match acc {
+                Some(a) => alpha * a + (1.0 - alpha) * v,
+                None => v,
+            };
+            acc = Some(s);
+            [*x, s]
+        })
+        .collect()
+}
+
+/// Writes each event to the metrics file (with a time stamp, as `roiscope train` does) and hands
+/// it to the UI, waking it.
+fn forward_events(rx: Receiver<Event>, metrics_path: &Path, ui: &Sender<Event>, ctx: &egui::Context) {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(metrics_path).ok();
+    for event in rx {
+        if let (Some(f), Ok(mut line)) = (file.as_mut(), serde_json::to_value(&event)) {
+            line["time"] = serde_json::json!(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+            // A full disk must not stop the run; the UI still gets the event.
+            if writeln!(f, "{line}").and_then(|()| f.flush()).is_err() {
+                file = None;
+            }
+        }
+        if ui.send(event).is_err() {
+            break;
+        }
+        ctx.request_repaint();
+    }
+}

@@ -1,0 +1,265 @@
+//! The workbench driven through its real UI (egui_kittest, no display): box editing with the
+//! mouse and keys, undo/redo, switching records, editing a field, reviewing, and bad input. Every
+//! check reads the project store back, since that is what the user keeps.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui::accesskit::Role;
+use egui::{Key, Modifiers, Pos2, Vec2};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use roiscope::app::sample::ensure_sample_project;
+use roiscope::app::settings::Settings;
+use roiscope::app::Workbench;
+use roiscope::data::store::{BoxSource, Project, ReviewStatus};
+
+fn sample_project(tmp: &Path) -> PathBuf {
+    ensure_sample_project(tmp.join("project")).expect("the sample project prepares")
+}
+
+fn harness(project: &Path) -> Harness<'static, Workbench> {
+    let mut wb = Workbench::new(Settings::default());
+    wb.open_project(project);
+    assert!(wb.project.is_some(), "{:?}", wb.message);
+    let mut h = Harness::builder()
+        .with_size(Vec2::new(1400.0, 900.0))
+        .build_ui_state(|ui, wb: &mut Workbench| wb.ui(ui), wb);
+    h.run_steps(3);
+    h
+}
+
+/// Runs frames until `done` holds (the decoder and trainer threads repaint on their own).
+fn step_until(h: &mut Harness<'static, Workbench>, what: &str, limit: Duration, done: impl Fn(&Workbench) -> bool) {
+    let start = Instant::now();
+    while !done(h.state()) {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn select_where(h: &mut Harness<'static, Workbench>, pick: impl Fn(&roiscope::app::browser::Row) -> bool) -> i64 {
+    let i = h.state().rows.iter().position(pick).expect("a matching record");
+    h.state_mut().commands.push(roiscope::app::Command::Select(i));
+    h.run_steps(3);
+    h.state().rows[i].id
+}
+
+fn corrected_px(project: &Path, id: i64) -> Option<[f64; 4]> {
+    let p = Project::open(project).unwrap();
+    let r = p.record(id).unwrap();
+    r.get_box(BoxSource::Corrected).map(|b| {
+        let (w, h) = (r.width as f64, r.height as f64);
+        [b.coords[0] * w, b.coords[1] * h, b.coords[2] * w, b.coords[3] * h].map(|v| (v * 100.0).round() / 100.0)
+    })
+}
+
+fn edit_count(project: &Path) -> usize {
+    Project::open(project).unwrap().history(None).unwrap().len()
+}
+
+/// A left-button drag in image pixel coordinates, through several pointer moves.
+fn drag(h: &mut Harness<'static, Workbench>, from: [f32; 2], to: [f32; 2]) {
+    let a = h.state().canvas.to_screen(from);
+    let b = h.state().canvas.to_screen(to);
+    h.hover_at(a);
+    h.step();
+    h.drag_at(a);
+    h.step();
+    for k in 1..=4 {
+        let t = k as f32 / 4.0;
+        h.hover_at(Pos2::new(a.x + (b.x - a.x) * t, a.y + (b.y - a.y) * t));
+        h.step();
+    }
+    h.drop_at(b);
+    h.run_steps(2);
+}
+
+#[test]
+fn draw_move_resize_nudge_undo_redo_a_box() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut h = harness(&project);
+    // A record without a detected box, so the first drag draws.
+    let id = select_where(&mut h, |r| !r.has_box);
+    assert_eq!(corrected_px(&project, id), None);
+    let before = edit_count(&project);
+
+    drag(&mut h, [20.0, 30.0], [80.0, 70.0]);
+    assert_eq!(corrected_px(&project, id), Some([20.0, 30.0, 80.0, 70.0]), "{:?}", h.state().message);
+    assert_eq!(edit_count(&project), before + 1, "one drag is one edit");
+
+    // Move: drag from inside the box.
+    drag(&mut h, [50.0, 50.0], [60.0, 55.0]);
+    assert_eq!(corrected_px(&project, id), Some([30.0, 35.0, 90.0, 75.0]));
+    assert_eq!(edit_count(&project), before + 2);
+
+    // Resize by the bottom-right handle.
+    drag(&mut h, [90.0, 75.0], [100.0, 95.0]);
+    assert_eq!(corrected_px(&project, id), Some([30.0, 35.0, 100.0, 95.0]));
+
+    // Resize by the left edge's handle (the middle of the left side).
+    drag(&mut h, [30.0, 65.0], [25.0, 65.0]);
+    assert_eq!(corrected_px(&project, id), Some([25.0, 35.0, 100.0, 95.0]));
+
+    // Keys: 1 px, 10 px with Shift, Ctrl resizes.
+    h.key_press(Key::ArrowRight);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), Some([26.0, 35.0, 101.0, 95.0]));
+    h.key_press_modifiers(Modifiers::SHIFT, Key::ArrowDown);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), Some([26.0, 45.0, 101.0, 105.0]));
+    h.key_press_modifiers(Modifiers::COMMAND, Key::ArrowRight);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), Some([26.0, 45.0, 102.0, 105.0]));
+
+    // Undo twice, redo once.
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), Some([26.0, 45.0, 101.0, 105.0]));
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), Some([26.0, 35.0, 101.0, 95.0]));
+    h.key_press_modifiers(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), Some([26.0, 45.0, 101.0, 105.0]));
+
+    // The edits survive at every zoom: zoom in at the cursor, then move by 5 image pixels.
+    let centre = h.state().canvas.to_screen([60.0, 70.0]);
+    h.hover_at(centre);
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: Vec2::new(0.0, 400.0),
+        modifiers: Modifiers::NONE,
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Unknown,
+    });
+    h.run_steps(6);
+    assert!(h.state().canvas.zoom() > 1.2, "zoomed in: {}", h.state().canvas.zoom());
+    drag(&mut h, [60.0, 70.0], [65.0, 70.0]);
+    assert_eq!(corrected_px(&project, id), Some([31.0, 45.0, 106.0, 105.0]));
+
+    // Delete removes the correction; undo brings it back.
+    h.key_press(Key::Delete);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), None);
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Y);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), None, "nothing to redo after a new edit");
+    h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
+    h.run_steps(2);
+    assert_eq!(corrected_px(&project, id), Some([31.0, 45.0, 106.0, 105.0]));
+}
+
+#[test]
+fn reset_to_detected_copies_the_detected_box() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut h = harness(&project);
+    let id = select_where(&mut h, |r| r.has_box);
+    h.key_press(Key::D);
+    h.run_steps(2);
+    let p = Project::open(&project).unwrap();
+    let r = p.record(id).unwrap();
+    assert_eq!(
+        r.get_box(BoxSource::Corrected).map(|b| b.coords),
+        r.get_box(BoxSource::Detected).map(|b| b.coords)
+    );
+}
+
+#[test]
+fn switch_records_edit_a_field_and_review() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut h = harness(&project);
+    let first = h.state().record.as_ref().unwrap().id;
+    h.key_press(Key::PageDown);
+    h.run_steps(2);
+    let second = h.state().record.as_ref().unwrap().id;
+    assert_ne!(first, second);
+    h.key_press(Key::K);
+    h.run_steps(2);
+    assert_eq!(h.state().record.as_ref().unwrap().id, first);
+
+    // Edit the Modality field through its text box; leaving the field saves it.
+    let old = h.state().record.as_ref().unwrap().fields.as_ref().unwrap()["Modality"].as_str().unwrap().to_string();
+    h.get_by_role_and_label(Role::MultilineTextInput, "Modality").focus();
+    h.run();
+    h.get_by_role_and_label(Role::MultilineTextInput, "Modality").type_text(" 复核");
+    h.run();
+    h.key_press(Key::Escape);
+    h.run_steps(3);
+    let p = Project::open(&project).unwrap();
+    let stored = p.record(first).unwrap().fields.unwrap()["Modality"].as_str().unwrap().to_string();
+    assert_eq!(stored, format!("{old} 复核"));
+
+    // Review with the keyboard, in queue mode: the next unreviewed record comes up.
+    h.state_mut().fields.queue_mode = true;
+    h.key_press(Key::A);
+    h.run_steps(2);
+    assert_eq!(Project::open(&project).unwrap().record(first).unwrap().status, ReviewStatus::Accepted);
+    let next = h.state().record.as_ref().unwrap();
+    assert_ne!(next.id, first);
+    assert_eq!(next.status, ReviewStatus::Unreviewed);
+    h.get_by_label("Needs fix (F)").click();
+    h.run_steps(2);
+    let p = Project::open(&project).unwrap();
+    assert_eq!(p.record(next_id(&p, first)).unwrap().status, ReviewStatus::NeedsFix);
+}
+
+/// The record after `first` that the queue moved to (the next one by id).
+fn next_id(p: &Project, first: i64) -> i64 {
+    p.history(None).unwrap().iter().rev().find(|e| e.record_id != first).map(|e| e.record_id).unwrap()
+}
+
+#[test]
+fn filters_narrow_the_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut h = harness(&project);
+    let all = h.state().rows.len();
+    h.state_mut().browser.filters.boxes = roiscope::app::browser::BoxFilter::Without;
+    h.run_steps(2);
+    assert_eq!(h.state().browser.visible(&h.state().rows).len(), 3);
+    h.state_mut().browser.filters.boxes = roiscope::app::browser::BoxFilter::Any;
+    h.get_by_role_and_label(Role::TextInput, "Search").focus();
+    h.run();
+    h.get_by_role_and_label(Role::TextInput, "Search").type_text("retina");
+    h.run_steps(2);
+    let shown = h.state().browser.visible(&h.state().rows).len();
+    assert!(shown >= 1 && shown < all, "{shown} of {all}");
+}
+
+#[test]
+fn thumbnails_and_images_decode_off_the_ui_thread_and_bad_images_become_error_tiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    // Break one image: the app must show an error tile and stay usable.
+    let p = Project::open(&project).unwrap();
+    let r = p.record(1).unwrap();
+    std::fs::write(tmp.path().join("broken.jpg"), b"not a jpeg").unwrap();
+    let broken = roiscope::app::images::ImageKey { path: tmp.path().join("broken.jpg"), thumb: false };
+    let good = roiscope::app::images::ImageKey { path: p.image_path(&r), thumb: false };
+    let mut h = harness(&project);
+    let ctx = h.ctx.clone();
+    h.state_mut().images.get(&ctx, &broken);
+    h.state_mut().images.get(&ctx, &good);
+    step_until(&mut h, "the decodes", Duration::from_secs(30), |wb| wb.images.idle());
+    use roiscope::app::images::Slot;
+    assert!(matches!(h.state_mut().images.get(&ctx, &broken), Slot::Failed(_)));
+    assert!(matches!(h.state_mut().images.get(&ctx, &good), Slot::Ready(_)));
+}
+
+#[test]
+fn a_missing_project_is_a_message_not_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut h = harness(&project);
+    h.state_mut().commands.push(roiscope::app::Command::OpenProject(tmp.path().join("nowhere")));
+    h.run_steps(2);
+    let (msg, error) = h.state().message.clone().unwrap();
+    assert!(error && msg.contains("not a roiscope project"), "{msg}");
+    // The open project stays usable.
+    assert!(h.state().project.is_some() && h.state().record.is_some());
+}
