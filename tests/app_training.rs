@@ -82,6 +82,27 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
     let restored = Curves::from_metrics(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(restored.steps, h.state().training.curves.steps);
     assert_eq!(restored.loss, h.state().training.curves.loss);
+
+    // The prediction panel runs locate -> diagnose -> verify with the run's checkpoint.
+    h.state_mut().tab = Tab::Review;
+    h.run_steps(2);
+    assert_eq!(h.state().predict.checkpoint, run.display().to_string(), "the latest run is the default");
+    h.get_by_label("Run on this image").click();
+    h.run_steps(2);
+    step_until(&mut h, "the prediction", Duration::from_secs(300), |wb| wb.predict.running.is_none() && wb.predict.outcome.is_some());
+    let (id, outcome) = h.state().predict.outcome.clone().unwrap();
+    let outcome = outcome.expect("the pipeline runs");
+    assert_eq!(id, h.state().record.as_ref().unwrap().id);
+    assert!((0.0..=1.0).contains(&outcome.match_score));
+    // Its box is drawn on the canvas and can become the correction (after the panel's layout
+    // settles: a bottom panel takes its height from the frame before).
+    h.run_steps(3);
+    h.get_by_label("Use box as correction").click();
+    h.run_steps(2);
+    let corrected = h.state().record.as_ref().unwrap().get_box(roiscope::data::store::BoxSource::Corrected).unwrap_or_else(|| panic!("{:?} {:?}", h.state().message, outcome.roi)).coords;
+    for (c, p) in corrected.iter().zip(outcome.roi) {
+        assert!((c - p as f64).abs() < 1e-6, "{corrected:?} vs {:?}", outcome.roi);
+    }
 }
 
 #[test]

@@ -26,6 +26,7 @@ use crate::data::store::{BoxSource, Edit, Project, ReviewStatus, StoredRecord};
 use browser::{Browser, Row};
 use canvas::{Canvas, CanvasInput, WINDOW_PRESETS};
 use fields::FieldsPanel;
+use predict::PredictPanel;
 use images::{ImageCache, ImageKey};
 use settings::{Settings, STORAGE_KEY};
 use training::TrainingPanel;
@@ -80,6 +81,7 @@ pub struct Workbench {
     pub browser: Browser,
     pub fields: FieldsPanel,
     pub training: TrainingPanel,
+    pub predict: PredictPanel,
     pub commands: Vec<Command>,
     pub tab: Tab,
     pub show_help: bool,
@@ -104,6 +106,7 @@ impl Workbench {
             browser: Browser::default(),
             fields: FieldsPanel::default(),
             training: TrainingPanel::default(),
+            predict: PredictPanel::default(),
             commands: Vec::new(),
             tab: Tab::Review,
             show_help: false,
@@ -295,6 +298,7 @@ impl Workbench {
         ctx.set_visuals(if self.settings.dark_theme { egui::Visuals::dark() } else { egui::Visuals::light() });
         self.images.poll(&ctx);
         self.training.poll();
+        self.predict.poll();
         shortcuts::read(&ctx, self.tab, &mut self.commands);
 
         egui::Panel::top("menu").show(ui, |ui| self.menu_ui(ui));
@@ -418,8 +422,21 @@ impl Workbench {
             match &self.record {
                 Some(record) => {
                     let field = self.project.as_ref().map_or("", |p| p.diagnosis_field()).to_string();
+                    let image = self.project.as_ref().map(|p| p.training_image_path(record)).unwrap_or_default();
+                    if let Some(p) = &self.project {
+                        self.training.refresh_runs(p.dir());
+                    }
+                    let latest = self.training.runs.first().cloned();
                     egui::Panel::bottom("prediction").show(ui, |ui| {
-                        predict::ui(ui, record, &mut self.settings.verify_threshold, &mut self.commands);
+                        self.predict.ui(
+                            ui,
+                            record,
+                            image,
+                            &self.settings.model_folder,
+                            latest.as_deref(),
+                            &mut self.settings.verify_threshold,
+                            &mut self.commands,
+                        );
                     });
                     self.fields.ui(ui, record, &field, &mut self.commands);
                 }
@@ -440,7 +457,7 @@ impl Workbench {
             let path = if marker_removed { project.training_image_path(record) } else { project.image_path(record) };
             let key = ImageKey { path, thumb: false };
             let slot = self.images.get(ui.ctx(), &key);
-            let predicted = record.get_box(BoxSource::Predicted).map(|b| (b.coords, b.confidence));
+            let predicted = self.predict.predicted(record);
             let input = CanvasInput {
                 slot,
                 size: [record.width, record.height],

@@ -1,46 +1,220 @@
-//! The prediction panel. The locate -> verify -> diagnose pipeline (issue 7, `src/infer/`) is not
-//! in the engine yet, so this panel shows what the project already holds (a predicted box and its
-//! score, written by an earlier import or run) and says plainly that running the model from here
-//! is not available yet.
+//! The prediction panel: locate -> diagnose -> verify (`crate::infer::Pipeline`, as
+//! `roiscope infer --adapter` runs it) on the current record's marker-free image with a chosen
+//! checkpoint. The pipeline is loaded and run on a worker thread that keeps it between requests;
+//! the predicted box goes on the canvas, with the match score, the diagnosis (withheld as
+//! "unverified" under the threshold), and buttons to copy it or take the box as the correction.
 
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, Sender};
+
+use candle_core::{DType, Device};
 use egui::{Color32, RichText, Ui};
 
 use super::Command;
+use crate::data::image_io::{load_rgb8, LoadOptions};
 use crate::data::store::{BoxSource, StoredRecord};
+use crate::infer::{Outcome, Pipeline, DEFAULT_QUESTION};
 
-pub fn ui(ui: &mut Ui, record: &StoredRecord, threshold: &mut f64, commands: &mut Vec<Command>) {
-    ui.label(RichText::new("Prediction").strong());
-    ui.label(
-        RichText::new(
-            "Not available yet: running locate -> verify -> diagnose from the workbench needs the \
-             inference pipeline (issue 7), which is not in this build.",
-        )
-        .small()
-        .color(Color32::from_rgb(240, 190, 90)),
-    );
-    ui.add(egui::Slider::new(threshold, 0.0..=1.0).text("verify threshold"))
-        .on_hover_text("A diagnosis whose match score is under this is shown as unverified");
-    match record.get_box(BoxSource::Predicted) {
-        Some(b) => {
-            let verdict = match b.confidence {
-                Some(s) if s >= *threshold => format!("score {s:.3}: verified"),
-                Some(s) => format!("score {s:.3}: unverified (under {threshold:.2})"),
-                None => "no score".into(),
-            };
-            ui.label(format!(
-                "Stored predicted box [{:.3}, {:.3}, {:.3}, {:.3}] · {verdict}",
-                b.coords[0], b.coords[1], b.coords[2], b.coords[3]
-            ));
-            if ui
-                .button("Accept the predicted box as the correction")
-                .on_hover_text("Copy the predicted box into the corrected box (one undoable edit)")
-                .clicked()
-            {
-                commands.push(Command::SetBox(Some(b.coords)));
+struct Job {
+    record: i64,
+    model: PathBuf,
+    checkpoint: PathBuf,
+    image: PathBuf,
+    question: String,
+    /// `None`: the run's calibrated threshold (0.5 without one).
+    threshold: Option<f64>,
+    ctx: egui::Context,
+}
+
+type Reply = (i64, Result<Outcome, String>);
+
+pub struct PredictPanel {
+    /// A checkpoint folder, or a run folder meaning its latest checkpoint.
+    pub checkpoint: String,
+    pub override_threshold: bool,
+    jobs: Option<Sender<Job>>,
+    replies: Option<Receiver<Reply>>,
+    pub running: Option<i64>,
+    /// The last outcome, for the record it was made on.
+    pub outcome: Option<(i64, Result<Outcome, String>)>,
+}
+
+impl Default for PredictPanel {
+    fn default() -> Self {
+        PredictPanel {
+            checkpoint: String::new(),
+            override_threshold: false,
+            jobs: None,
+            replies: None,
+            running: None,
+            outcome: None,
+        }
+    }
+}
+
+/// The worker: keeps the last pipeline while the model and checkpoint stay the same.
+fn worker(jobs: Receiver<Job>, replies: Sender<Reply>) {
+    let mut loaded: Option<((PathBuf, PathBuf), Pipeline)> = None;
+    let mut calibrated = 0.5;
+    for job in jobs {
+        let key = (job.model.clone(), job.checkpoint.clone());
+        let result = (|| -> anyhow::Result<Outcome> {
+            if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
+                loaded = None;
+                let p = Pipeline::open(&job.model, &job.checkpoint, None, DType::F32, &Device::Cpu)?;
+                calibrated = p.threshold;
+                loaded = Some((key.clone(), p));
+            }
+            let Some((_, pipeline)) = loaded.as_mut() else { anyhow::bail!("no pipeline") };
+            pipeline.threshold = job.threshold.unwrap_or(calibrated);
+            let image = load_rgb8(&job.image, LoadOptions::default())
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", job.image.display()))?;
+            pipeline.run(&image, &job.question)
+        })();
+        if replies.send((job.record, result.map_err(|e| format!("{e:#}")))).is_err() {
+            return;
+        }
+        job.ctx.request_repaint();
+    }
+}
+
+impl PredictPanel {
+    /// The predicted box to draw for `record`: this session's outcome, else the stored one.
+    pub fn predicted(&self, record: &StoredRecord) -> Option<([f64; 4], Option<f64>)> {
+        match &self.outcome {
+            Some((id, Ok(o))) if *id == record.id => {
+                Some((o.roi.map(f64::from), Some(o.match_score as f64)))
+            }
+            _ => record.get_box(BoxSource::Predicted).map(|b| (b.coords, b.confidence)),
+        }
+    }
+
+    pub fn poll(&mut self) {
+        if let Some(rx) = &self.replies {
+            while let Ok(reply) = rx.try_recv() {
+                self.running = None;
+                self.outcome = Some(reply);
             }
         }
-        None => {
-            ui.label(RichText::new("This record has no predicted box.").small());
+    }
+
+    fn request(&mut self, ctx: &egui::Context, record: &StoredRecord, image: PathBuf, model: &str, threshold: Option<f64>) {
+        if self.jobs.is_none() {
+            let (jtx, jrx) = channel();
+            let (rtx, rrx) = channel();
+            std::thread::spawn(move || worker(jrx, rtx));
+            self.jobs = Some(jtx);
+            self.replies = Some(rrx);
+        }
+        let question = record
+            .record
+            .get("messages")
+            .and_then(|m| m.as_array())
+            .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or(DEFAULT_QUESTION)
+            .to_string();
+        let job = Job {
+            record: record.id,
+            model: PathBuf::from(model.trim()),
+            checkpoint: PathBuf::from(self.checkpoint.trim()),
+            image,
+            question,
+            threshold,
+            ctx: ctx.clone(),
+        };
+        if self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok()) {
+            self.running = Some(record.id);
+        } else {
+            self.jobs = None;
+            self.outcome = Some((record.id, Err("the prediction worker stopped; try again".into())));
+        }
+    }
+
+    /// `image`: the marker-free image the model should see; `model`: the model folder.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        record: &StoredRecord,
+        image: PathBuf,
+        model: &str,
+        latest_run: Option<&std::path::Path>,
+        threshold: &mut f64,
+        commands: &mut Vec<Command>,
+    ) {
+        self.poll();
+        ui.label(RichText::new("Prediction: locate -> diagnose -> verify").strong());
+        if self.checkpoint.trim().is_empty() {
+            if let Some(run) = latest_run {
+                self.checkpoint = run.display().to_string();
+            }
+        }
+        ui.horizontal(|ui| {
+            let label = ui.label("Checkpoint");
+            ui.add(egui::TextEdit::singleline(&mut self.checkpoint).desired_width(f32::INFINITY).hint_text("RUN_DIR or checkpoint folder"))
+                .labelled_by(label.id)
+                .on_hover_text("A training run folder (its latest checkpoint) or a checkpoint-<step> folder; the model folder is the Training tab's");
+        });
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut self.override_threshold, "threshold")
+                .on_hover_text("Off: the run's calibrated verify threshold (0.5 without calibration). On: the value here");
+            ui.add_enabled(self.override_threshold, egui::Slider::new(threshold, 0.0..=1.0))
+                .on_hover_text("A diagnosis whose match score is under this is withheld as unverified");
+        });
+        let ready = !model.trim().is_empty() && !self.checkpoint.trim().is_empty();
+        let busy = self.running.is_some();
+        if ui
+            .add_enabled(ready && !busy, egui::Button::new(if busy { "Running..." } else { "Run on this image" }))
+            .on_hover_text("Run the model with this checkpoint on the record's marker-free image")
+            .on_disabled_hover_text("Give a model folder (Training tab) and a checkpoint; one run at a time")
+            .clicked()
+        {
+            let t = self.override_threshold.then_some(*threshold);
+            self.request(ui.ctx(), record, image, model, t);
+        }
+        match &self.outcome {
+            Some((id, Ok(o))) if *id == record.id => {
+                let colour = if o.verified { Color32::LIGHT_GREEN } else { Color32::from_rgb(240, 170, 60) };
+                ui.label(RichText::new(format!("match {:.3} (threshold {:.2}): {}", o.match_score, o.threshold, o.verdict())).color(colour));
+                ui.label(format!(
+                    "box [{:.3}, {:.3}, {:.3}, {:.3}]",
+                    o.roi[0], o.roi[1], o.roi[2], o.roi[3]
+                ));
+                match o.released() {
+                    Some(text) => ui.label(text),
+                    None => ui.label(RichText::new(format!("withheld (unverified): {}", o.generated)).italics().weak()),
+                };
+                ui.horizontal(|ui| {
+                    if ui.button("Use box as correction").on_hover_text("Set the corrected box to the predicted one (one undoable edit)").clicked() {
+                        commands.push(Command::SetBox(Some(o.roi.map(f64::from))));
+                    }
+                    if ui.button("Copy").on_hover_text("Copy the box, score, verdict and diagnosis").clicked() {
+                        ui.ctx().copy_text(serde_json::to_string_pretty(o).unwrap_or_default());
+                    }
+                });
+            }
+            Some((id, Err(e))) if *id == record.id => {
+                ui.label(RichText::new(e).color(Color32::from_rgb(255, 120, 120)));
+            }
+            _ => match record.get_box(BoxSource::Predicted) {
+                Some(b) => {
+                    ui.label(format!(
+                        "stored predicted box [{:.3}, {:.3}, {:.3}, {:.3}]{}",
+                        b.coords[0],
+                        b.coords[1],
+                        b.coords[2],
+                        b.coords[3],
+                        b.confidence.map_or(String::new(), |s| format!(", score {s:.3}"))
+                    ));
+                    if ui.button("Use box as correction").on_hover_text("Set the corrected box to the stored predicted one").clicked() {
+                        commands.push(Command::SetBox(Some(b.coords)));
+                    }
+                }
+                None => {
+                    ui.label(RichText::new("no prediction for this record yet").small());
+                }
+            },
         }
     }
 }

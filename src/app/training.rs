@@ -297,7 +297,7 @@ impl TrainingPanel {
         }
     }
 
-    fn refresh_runs(&mut self, project: &Path) {
+    pub fn refresh_runs(&mut self, project: &Path) {
         if self.runs_of.as_deref() == Some(project) {
             return;
         }
@@ -433,7 +433,7 @@ impl TrainingPanel {
         let series = |v: &[f64]| -> PlotPoints<'static> { smooth(&c.steps, v, s).into() };
         let height = ((ui.available_height() - 20.0) / 2.0).max(120.0);
         let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
-        let group = ui.id().with("train-plots");
+        let group = ui.make_persistent_id("train-plots");
         let plot = |id: &str, title: &str| {
             Plot::new(id.to_string())
                 .height(height)
