@@ -11,7 +11,11 @@ fn reference() -> Value {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 fn close(a: f64, b: f64, what: &str) {
@@ -35,7 +39,11 @@ fn roc_and_auc_match_scikit_learn() {
         let roc = metrics::roc_curve(&scores, &labels).unwrap();
         assert_eq!(roc.fpr, floats(&case["fpr"]), "{name} fpr");
         assert_eq!(roc.tpr, floats(&case["tpr"]), "{name} tpr");
-        assert_eq!(roc.thresholds, floats(&case["thresholds"]), "{name} thresholds");
+        assert_eq!(
+            roc.thresholds,
+            floats(&case["thresholds"]),
+            "{name} thresholds"
+        );
     }
 }
 
@@ -80,7 +88,16 @@ fn rates_and_calibration_at_a_threshold() {
     close(r.false_negative_rate.unwrap(), 1.0 / 3.0, "FNR");
     close(r.false_positive_rate.unwrap(), 1.0 / 3.0, "FPR");
     // Every positive released: the lowest positive score.
-    assert_eq!(metrics::threshold_for_sensitivity(&scores, &labels, 1.0), Some(0.4));
-    assert_eq!(metrics::threshold_for_sensitivity(&scores, &labels, 0.6), Some(0.8));
-    assert_eq!(metrics::threshold_for_sensitivity(&[0.3], &[false], 0.9), None);
+    assert_eq!(
+        metrics::threshold_for_sensitivity(&scores, &labels, 1.0),
+        Some(0.4)
+    );
+    assert_eq!(
+        metrics::threshold_for_sensitivity(&scores, &labels, 0.6),
+        Some(0.8)
+    );
+    assert_eq!(
+        metrics::threshold_for_sensitivity(&[0.3], &[false], 0.9),
+        None
+    );
 }

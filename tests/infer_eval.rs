@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+#[path = "support/pipeline.rs"]
+mod support;
 
 use candle_core::{DType, Device, Tensor};
 use roiscope::eval::metrics;
@@ -12,20 +14,7 @@ use roiscope::infer::heads::{Heads, HeadsLayout};
 use roiscope::infer::Checkpoint;
 use roiscope::model::folder::{init_model, InitSize};
 use serde_json::Value;
-
-fn roiscope() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_roiscope"))
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use support::{eval_calibrate, ok, roiscope, train};
 
 fn sample_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample")
@@ -43,20 +32,14 @@ fn trained(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .arg(&project));
     let model = dir.join("model");
     init_model(InitSize::Tiny, &model, DType::F32, 0, |_, _| {}).unwrap();
-    let config = dir.join("train.toml");
-    std::fs::write(&config, "batch_size = 2\ngrad_accum = 1\nlora_r = 4\n").unwrap();
     let run = dir.join("run");
-    ok(roiscope()
-        .arg("train")
-        .arg("--project")
-        .arg(&project)
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&run)
-        .arg("--config")
-        .arg(&config)
-        .args(["--max-steps", "2"]));
+    train(
+        &project,
+        &model,
+        &run,
+        "batch_size = 2\ngrad_accum = 1\nlora_r = 4\n",
+        2,
+    );
     (project, model, run)
 }
 
@@ -71,22 +54,20 @@ fn train_eval_calibrate_and_infer_end_to_end() {
 
     // eval on val with calibration: report files, numbers consistent with the metric code.
     let report_dir = tmp.path().join("report");
-    let out = ok(roiscope()
-        .arg("eval")
-        .arg("--project")
-        .arg(&project)
-        .arg("--model")
-        .arg(&model)
-        .arg("--adapter")
-        .arg(&run)
-        .arg("--out")
-        .arg(&report_dir)
-        .args(["--split", "val", "--calibrate", "--target-sensitivity", "0.95"])
-        .args(["--max-new-tokens", "6"]));
+    let dir_arg = report_dir.to_str().unwrap();
+    let out = eval_calibrate(
+        &project,
+        &model,
+        &run,
+        0.95,
+        &["--out", dir_arg, "--max-new-tokens", "6"],
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("match: AUC"));
     let report = read_json(&report_dir.join("report.json"));
     let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("ROC") && html.contains("data:image/png;base64,"));
+    assert!(
+        html.contains("<svg") && html.contains("ROC") && html.contains("data:image/png;base64,")
+    );
     let cases = report["cases"].as_array().unwrap();
     let summary = &report["summary"];
     assert_eq!(summary["records"].as_u64().unwrap() as usize, cases.len());
@@ -104,7 +85,10 @@ fn train_eval_calibrate_and_infer_end_to_end() {
             [pred[0], pred[1], pred[2], pred[3]],
         );
         assert_eq!(f(c, "iou"), Some(want));
-        let (r, g) = (c["reference"].as_str().unwrap(), c["generated"].as_str().unwrap());
+        let (r, g) = (
+            c["reference"].as_str().unwrap(),
+            c["generated"].as_str().unwrap(),
+        );
         assert_eq!(f(c, "rouge_l"), Some(metrics::rouge_l(r, g)));
         assert_eq!(f(c, "bleu4"), Some(metrics::bleu4(r, g)));
     }
@@ -165,15 +149,28 @@ fn train_eval_calibrate_and_infer_end_to_end() {
         assert_eq!(line["threshold"].as_f64(), Some(threshold));
         let score = line["match_score"].as_f64().unwrap();
         let verified = score >= threshold;
-        assert_eq!(line["verdict"], if verified { "verified" } else { "unverified" });
+        assert_eq!(
+            line["verdict"],
+            if verified { "verified" } else { "unverified" }
+        );
         assert_eq!(line["diagnosis"].is_null(), !verified);
         assert!(line["generated"].is_string());
         let roi: Vec<f64> = serde_json::from_value(line["roi"].clone()).unwrap();
         assert!(roi[0] < roi[2] && roi[1] < roi[3] && roi.iter().all(|v| (0.0..=1.0).contains(v)));
         let px: Vec<u32> = serde_json::from_value(line["box_px"].clone()).unwrap();
-        let (w, h) = (line["width"].as_u64().unwrap() as u32, line["height"].as_u64().unwrap() as u32);
+        let (w, h) = (
+            line["width"].as_u64().unwrap() as u32,
+            line["height"].as_u64().unwrap() as u32,
+        );
         assert!(px[0] + px[2] <= w && px[1] + px[3] <= h);
-        for k in ["preprocess", "prefill", "locate", "decode", "verify", "total"] {
+        for k in [
+            "preprocess",
+            "prefill",
+            "locate",
+            "decode",
+            "verify",
+            "total",
+        ] {
             assert!(line["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
         }
         let overlay = image::open(line["overlay"].as_str().unwrap()).unwrap();
@@ -206,18 +203,34 @@ fn missing_checkpoints_and_bad_heads_are_named() {
     let ckpt = tmp.path().join("checkpoint-3");
     std::fs::create_dir_all(ckpt.join("adapter")).unwrap();
     let err = format!("{:#}", Checkpoint::resolve(tmp.path()).unwrap_err());
-    assert!(err.contains("heads.safetensors") && err.contains("adapter_model.safetensors"), "{err}");
+    assert!(
+        err.contains("heads.safetensors") && err.contains("adapter_model.safetensors"),
+        "{err}"
+    );
 
     // A heads file with a tensor missing, one misshapen and one extra: all three named.
     let hidden = 8;
     let mut t = roiscope_heads(hidden, 1);
     t.remove("match.fc2.bias");
-    t.insert("roi.fc1.bias".into(), Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap());
-    t.insert("roi.extra".into(), Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "roi.fc1.bias".into(),
+        Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+    );
+    t.insert(
+        "roi.extra".into(),
+        Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap(),
+    );
     let file = tmp.path().join("heads.safetensors");
     candle_core::safetensors::save(&t, &file).unwrap();
-    let err = format!("{:#}", Heads::load(&file, hidden, &Device::Cpu).err().unwrap());
-    for name in ["match.fc2.bias is missing", "roi.fc1.bias has shape", "roi.extra is unexpected"] {
+    let err = format!(
+        "{:#}",
+        Heads::load(&file, hidden, &Device::Cpu).err().unwrap()
+    );
+    for name in [
+        "match.fc2.bias is missing",
+        "roi.fc1.bias has shape",
+        "roi.extra is unexpected",
+    ] {
         assert!(err.contains(name), "{err}");
     }
 }
@@ -266,19 +279,37 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
     let ours = roiscope_heads(hidden, 3);
     let mut seed: HashMap<String, Tensor> = HashMap::new();
     let g = |k: &str| ours[k].clone();
-    seed.insert("spatial_pooler.attn.0.weight".into(), g("match.pool.fc1.weight"));
-    seed.insert("spatial_pooler.attn.0.bias".into(), g("match.pool.fc1.bias"));
-    seed.insert("spatial_pooler.attn.2.weight".into(), g("match.pool.fc2.weight"));
+    seed.insert(
+        "spatial_pooler.attn.0.weight".into(),
+        g("match.pool.fc1.weight"),
+    );
+    seed.insert(
+        "spatial_pooler.attn.0.bias".into(),
+        g("match.pool.fc1.bias"),
+    );
+    seed.insert(
+        "spatial_pooler.attn.2.weight".into(),
+        g("match.pool.fc2.weight"),
+    );
     seed.insert("spatial_pooler.attn.2.bias".into(), randn(&[1], 9));
     seed.insert("task_heads.roi_head.0.weight".into(), g("roi.fc1.weight"));
     seed.insert("task_heads.roi_head.0.bias".into(), g("roi.fc1.bias"));
     seed.insert("task_heads.roi_head.3.weight".into(), g("roi.fc2.weight"));
     seed.insert("task_heads.roi_head.3.bias".into(), g("roi.fc2.bias"));
-    seed.insert("task_heads.match_head.0.weight".into(), g("match.fc1.weight"));
+    seed.insert(
+        "task_heads.match_head.0.weight".into(),
+        g("match.fc1.weight"),
+    );
     seed.insert("task_heads.match_head.0.bias".into(), g("match.fc1.bias"));
-    seed.insert("task_heads.match_head.2.weight".into(), g("match.fc2.weight"));
+    seed.insert(
+        "task_heads.match_head.2.weight".into(),
+        g("match.fc2.weight"),
+    );
     seed.insert("task_heads.match_head.2.bias".into(), g("match.fc2.bias"));
-    seed.insert("loss_log_vars".into(), Tensor::new(&[0.1f32, -0.2, 0.3], &Device::Cpu).unwrap());
+    seed.insert(
+        "loss_log_vars".into(),
+        Tensor::new(&[0.1f32, -0.2, 0.3], &Device::Cpu).unwrap(),
+    );
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("seed_heads.safetensors");
     candle_core::safetensors::save(&seed, &file).unwrap();
@@ -288,21 +319,45 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
     let reference =
         Heads::from_tensors(&ours, hidden, &Device::Cpu, HeadsLayout::Roiscope).unwrap();
     let states = randn(&[2, 5, hidden], 11);
-    let valid = Tensor::new(&[[0f32, 1., 1., 1., 1.], [1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
-    let a: Vec<f32> = imported.matcher.forward(&states, &valid).unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = reference.matcher.forward(&states, &valid).unwrap().to_vec1().unwrap();
+    let valid = Tensor::new(
+        &[[0f32, 1., 1., 1., 1.], [1., 1., 1., 1., 1.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let a: Vec<f32> = imported
+        .matcher
+        .forward(&states, &valid)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f32> = reference
+        .matcher
+        .forward(&states, &valid)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
     }
     // The seed's shared pooling feeds the ROI head too.
     let (pa, _) = imported.roi.pool.forward(&states, &valid).unwrap();
     let (pb, _) = reference.matcher.pool.forward(&states, &valid).unwrap();
-    let d: f32 = (pa - pb).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let d: f32 = (pa - pb)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     assert!(d < 1e-6);
 
     // An incomplete seed file names what it lacks.
     seed.remove("task_heads.match_head.2.bias");
     candle_core::safetensors::save(&seed, &file).unwrap();
-    let err = format!("{:#}", Heads::load(&file, hidden, &Device::Cpu).err().unwrap());
+    let err = format!(
+        "{:#}",
+        Heads::load(&file, hidden, &Device::Cpu).err().unwrap()
+    );
     assert!(err.contains("task_heads.match_head.2.bias"), "{err}");
 }

@@ -4,8 +4,11 @@
 //! true diagnosis and withholds a deliberately mismatched one (another place), and
 //! `roiscope infer --adapter` applies the same threshold.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
+
+#[path = "support/pipeline.rs"]
+mod support;
 
 use candle_core::{DType, Device};
 use roiscope::data::image_io::{load_rgb8, LoadOptions};
@@ -13,22 +16,10 @@ use roiscope::data::store::{Project, Split};
 use roiscope::infer::Pipeline;
 use roiscope::train::data::load_examples;
 use serde_json::Value;
+use support::{eval_calibrate, ok, train};
 
-fn ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn roiscope(args: &[&str], paths: &[&Path]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roiscope"));
-    cmd.args(args);
-    cmd.args(paths);
-    ok(&mut cmd)
+fn run_with(args: &[&str], paths: &[&Path]) -> Output {
+    ok(support::roiscope().args(args).args(paths))
 }
 
 /// Ignored until the synthetic task's learning proof (issue 5, tests/learning.rs) is settled:
@@ -44,10 +35,20 @@ fn a_mismatched_diagnosis_flips_the_verdict() {
     let project = dir.join("project");
     let model = dir.join("model");
     let run = dir.join("run");
-    let p = |name: &str| -> PathBuf { dir.join(name) };
-    roiscope(&["synthetic", "--count", "160", "--size", "64", "--seed", "1", "--out"], &[&data]);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roiscope"));
-    ok(cmd
+    run_with(
+        &[
+            "synthetic",
+            "--count",
+            "160",
+            "--size",
+            "64",
+            "--seed",
+            "1",
+            "--out",
+        ],
+        &[&data],
+    );
+    ok(support::roiscope()
         .arg("prepare")
         .arg("--input")
         .arg(data.join("raw_data.json"))
@@ -56,42 +57,21 @@ fn a_mismatched_diagnosis_flips_the_verdict() {
         .arg("--project")
         .arg(&project)
         .args(["--split", "70,15,15"]));
-    roiscope(&["init-model", "--config", "tiny", "--out"], &[&model]);
-    std::fs::write(
-        p("train.toml"),
-        "batch_size = 8\ngrad_accum = 1\nwarmup_steps = 10\nlr_lora = 1e-3\nlr_heads = 1e-3\n",
-    )
-    .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roiscope"));
-    ok(cmd
-        .arg("train")
-        .arg("--project")
-        .arg(&project)
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&run)
-        .arg("--config")
-        .arg(p("train.toml"))
-        .args(["--max-steps", "150"]));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roiscope"));
-    ok(cmd
-        .arg("eval")
-        .arg("--project")
-        .arg(&project)
-        .arg("--model")
-        .arg(&model)
-        .arg("--adapter")
-        .arg(&run)
-        .args(["--split", "val", "--calibrate", "--target-sensitivity", "0.9"])
-        .args(["--max-new-tokens", "24"]));
+    run_with(&["init-model", "--config", "tiny", "--out"], &[&model]);
+    let config =
+        "batch_size = 8\ngrad_accum = 1\nwarmup_steps = 10\nlr_lora = 1e-3\nlr_heads = 1e-3\n";
+    train(&project, &model, &run, config, 150);
+    eval_calibrate(&project, &model, &run, 0.9, &["--max-new-tokens", "24"]);
     let cal: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("calibration.json")).unwrap())
             .unwrap();
     let threshold = cal["threshold"].as_f64().unwrap();
 
     let pipeline = Pipeline::open(&model, &run, None, DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(pipeline.threshold, threshold, "infer picks up the calibration");
+    assert_eq!(
+        pipeline.threshold, threshold,
+        "infer picks up the calibration"
+    );
     let test = load_examples(&Project::open(&project).unwrap(), Split::Test).unwrap();
     assert!(test.len() >= 15, "{}", test.len());
     let (mut released_true, mut withheld_wrong, mut flipped) = (0, 0, 0);
@@ -106,7 +86,10 @@ fn a_mismatched_diagnosis_flips_the_verdict() {
             .score_pairs(&processed, &ex.question, &[&ex.answer, &wrong.answer])
             .unwrap();
         let verified = |s: f32| f64::from(s) >= threshold;
-        let (t, w) = (verified(scores[0].match_score), verified(scores[1].match_score));
+        let (t, w) = (
+            verified(scores[0].match_score),
+            verified(scores[1].match_score),
+        );
         released_true += usize::from(t);
         withheld_wrong += usize::from(!w);
         flipped += usize::from(t && !w);
@@ -116,12 +99,14 @@ fn a_mismatched_diagnosis_flips_the_verdict() {
         "threshold {threshold:.3}: true released {released_true}, mismatched withheld \
          {withheld_wrong}, flipped {flipped} of {n}"
     );
-    assert!(flipped as f64 >= 0.7 * n, "the verdict flipped on {flipped} of {n} test images");
+    assert!(
+        flipped as f64 >= 0.7 * n,
+        "the verdict flipped on {flipped} of {n} test images"
+    );
 
     // The same through the command line: a test image's own diagnosis cannot be forced, but the
     // verdict the command prints is its score against the calibrated threshold.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_roiscope"));
-    let out = ok(cmd
+    let out = ok(support::roiscope()
         .arg("infer")
         .arg("--model")
         .arg(&model)
@@ -135,5 +120,8 @@ fn a_mismatched_diagnosis_flips_the_verdict() {
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["threshold"].as_f64(), Some(threshold));
     let verified = line["match_score"].as_f64().unwrap() >= threshold;
-    assert_eq!(line["verdict"], if verified { "verified" } else { "unverified" });
+    assert_eq!(
+        line["verdict"],
+        if verified { "verified" } else { "unverified" }
+    );
 }

@@ -81,7 +81,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         examples.truncate(args.limit);
     }
     let device = parse_device(&args.device)?;
-    let mut pipeline = Pipeline::open(&args.model, &args.adapter, args.threshold, DType::F32, &device)?;
+    let mut pipeline = Pipeline::open(
+        &args.model,
+        &args.adapter,
+        args.threshold,
+        DType::F32,
+        &device,
+    )?;
     pipeline.max_new_tokens = args.max_new_tokens;
     let out = args.out.clone().unwrap_or_else(|| {
         pipeline
@@ -91,7 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     });
     let bar = super::infer::pipeline::progress_bar(examples.len());
     let started = Instant::now();
-    let mut cases = eval::run_cases(&pipeline, &examples, |done, _| bar.set_position(done as u64));
+    let mut cases = eval::run_cases(&pipeline, &examples, |done, _| {
+        bar.set_position(done as u64)
+    });
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let mut threshold = pipeline.threshold;
@@ -176,6 +184,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         f(summary.gate.coverage),
         f(summary.gate.released_accuracy)
     );
-    println!("report: {} and {}", json_path.display(), html_path.display());
+    println!(
+        "report: {} and {}",
+        json_path.display(),
+        html_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -89,7 +89,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.overlay {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let question = args.prompt.clone().unwrap_or_else(|| DEFAULT_QUESTION.into());
+    let question = args
+        .prompt
+        .clone()
+        .unwrap_or_else(|| DEFAULT_QUESTION.into());
     let bar = progress_bar(args.image.len());
     let mut stdout = std::io::stdout().lock();
     let mut taken = HashSet::new();
@@ -140,7 +143,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     failed += 1;
                     if args.json {
-                        let line = json!({"image": path.display().to_string(), "error": format!("{e:#}")});
+                        let line =
+                            json!({"image": path.display().to_string(), "error": format!("{e:#}")});
                         writeln!(stdout, "{line}")?;
                     } else {
                         writeln!(stdout, "{}: error: {e:#}", path.display())?;

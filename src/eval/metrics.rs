@@ -124,7 +124,9 @@ pub fn threshold_for_sensitivity(scores: &[f64], labels: &[bool], target: f64) -
         return None;
     }
     pos.sort_by(|a, b| b.total_cmp(a));
-    let need = ((target.clamp(0.0, 1.0) * pos.len() as f64) - 1e-9).ceil().max(1.0) as usize;
+    let need = ((target.clamp(0.0, 1.0) * pos.len() as f64) - 1e-9)
+        .ceil()
+        .max(1.0) as usize;
     Some(pos[need.min(pos.len()) - 1])
 }
 
@@ -307,7 +309,10 @@ mod tests {
 
     #[test]
     fn rouge_tokens_follow_rouge_score() {
-        assert_eq!(tokens("The cat's 2nd-hat!"), ["the", "cat", "s", "2nd", "hat"]);
+        assert_eq!(
+            tokens("The cat's 2nd-hat!"),
+            ["the", "cat", "s", "2nd", "hat"]
+        );
         assert_eq!(tokens("右肺 nodule"), ["右", "肺", "nodule"]);
     }
 }

@@ -246,7 +246,12 @@ pub fn summarise(cases: &mut [Case], threshold: f64, seconds: f64) -> Summary {
         roi: RoiSummary {
             scored: ious.len(),
             mean_iou: mean(&ious),
-            iou_at_0_5: mean(&ious.iter().map(|&v| f64::from(u8::from(v >= 0.5))).collect::<Vec<_>>()),
+            iou_at_0_5: mean(
+                &ious
+                    .iter()
+                    .map(|&v| f64::from(u8::from(v >= 0.5)))
+                    .collect::<Vec<_>>(),
+            ),
             histogram: metrics::histogram01(&ious, 10),
         },
         matching: MatchSummary {

@@ -236,6 +236,7 @@ pub fn write(
     }
     h.push_str("</table></body></html>\n");
     let html_path = out.join("report.html");
-    std::fs::write(&html_path, h).with_context(|| format!("cannot write {}", html_path.display()))?;
+    std::fs::write(&html_path, h)
+        .with_context(|| format!("cannot write {}", html_path.display()))?;
     Ok((json_path, html_path))
 }

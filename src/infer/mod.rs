@@ -252,11 +252,15 @@ impl Pipeline {
     ) -> anyhow::Result<Self> {
         let checkpoint = Checkpoint::resolve(adapter)?;
         if let Some(t) = threshold {
-            ensure!((0.0..=1.0).contains(&t), "--threshold {t} is outside [0, 1]");
+            ensure!(
+                (0.0..=1.0).contains(&t),
+                "--threshold {t} is outside [0, 1]"
+            );
         }
         let mut folder = ModelFolder::open(model_dir, dtype, device)?;
-        lora::load_peft(&mut folder.model, &checkpoint.dir.join("adapter"), device)
-            .with_context(|| format!("cannot attach the adapter of {}", checkpoint.dir.display()))?;
+        lora::load_peft(&mut folder.model, &checkpoint.dir.join("adapter"), device).with_context(
+            || format!("cannot attach the adapter of {}", checkpoint.dir.display()),
+        )?;
         let hidden = folder.config.text.hidden_size;
         let heads = Heads::load(&checkpoint.dir.join("heads.safetensors"), hidden, device)?;
         let (threshold, threshold_source) = match threshold {
@@ -352,7 +356,12 @@ impl Pipeline {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let special = tokenizer.special();
-        let batch = data::collate(&samples, special.endoftext, special.image_pad, self.device())?;
+        let batch = data::collate(
+            &samples,
+            special.endoftext,
+            special.image_pad,
+            self.device(),
+        )?;
         let out = self.folder.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
         let boxes: Vec<Vec<f32>> = self

@@ -129,7 +129,12 @@ pub fn render(image: &RgbImage, px: [u32; 4], caption: &str, verified: bool) -> 
     }
     let colour = verdict_colour(verified);
     let thickness = (image.width().max(image.height()) / 200).max(2);
-    draw_rect(&mut out, [px[0], px[1] + band, px[2], px[3]], thickness, colour);
+    draw_rect(
+        &mut out,
+        [px[0], px[1] + band, px[2], px[3]],
+        thickness,
+        colour,
+    );
     draw_text(&mut out, 2, 1 + scale as i64, caption, scale, colour);
     out
 }
@@ -139,7 +144,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -155,7 +164,10 @@ pub fn base64(bytes: &[u8]) -> String {
 /// `image` encoded as PNG.
 pub fn png_bytes(image: &RgbImage) -> anyhow::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    image.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
+    image.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
     Ok(bytes)
 }
 
