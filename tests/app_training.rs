@@ -36,11 +36,20 @@ fn harness(project: &Path, model: &Path) -> Harness<'static, Workbench> {
     h
 }
 
-fn step_until(h: &mut Harness<'static, Workbench>, what: &str, limit: Duration, done: impl Fn(&Workbench) -> bool) -> Duration {
+fn step_until(
+    h: &mut Harness<'static, Workbench>,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Workbench) -> bool,
+) -> Duration {
     let start = Instant::now();
     let mut slowest = Duration::ZERO;
     while !done(h.state()) {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}; state {:?}", h.state().training.state);
+        assert!(
+            start.elapsed() < limit,
+            "timed out waiting for {what}; state {:?}",
+            h.state().training.state
+        );
         let t = Instant::now();
         h.step();
         slowest = slowest.max(t.elapsed());
@@ -61,20 +70,33 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
     h.run_steps(2);
     assert!(h.state().training.busy());
     // Frames keep coming while the trainer works: the UI never waits on it.
-    let slowest = step_until(&mut h, "two step events", Duration::from_secs(300), |wb| wb.training.curves.len() >= 2);
+    let slowest = step_until(&mut h, "two step events", Duration::from_secs(300), |wb| {
+        wb.training.curves.len() >= 2
+    });
     assert!(slowest < Duration::from_secs(2), "a frame took {slowest:?}");
     let c = &h.state().training.curves;
-    assert!(c.loss.iter().all(|l| l.len() >= 2 && l.iter().all(|v| v.is_finite())));
+    assert!(c
+        .loss
+        .iter()
+        .all(|l| l.len() >= 2 && l.iter().all(|v| v.is_finite())));
     assert!(c.total.iter().all(|v| v.is_finite()));
     assert!(c.precision[0][0] > 0.0 && c.lr_lora.len() >= 2 && c.total_steps == 40);
 
     h.get_by_label("Stop and save").click();
-    step_until(&mut h, "the run to stop", Duration::from_secs(300), |wb| !wb.training.busy());
+    step_until(&mut h, "the run to stop", Duration::from_secs(300), |wb| {
+        !wb.training.busy()
+    });
     let state = h.state().training.state.clone();
-    assert!(matches!(&state, RunState::Ended(s) if s.contains("stopped")), "{state:?}");
+    assert!(
+        matches!(&state, RunState::Ended(s) if s.contains("stopped")),
+        "{state:?}"
+    );
     let run = h.state().training.showing.clone().unwrap();
     assert!(run.starts_with(project.join("runs")));
-    assert!(std::fs::read_dir(&run).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")));
+    assert!(std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")));
 
     // The run is listed and its curves come back from metrics.jsonl.
     h.run_steps(2);
@@ -86,10 +108,16 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
     // The prediction panel runs locate -> diagnose -> verify with the run's checkpoint.
     h.state_mut().tab = Tab::Review;
     h.run_steps(2);
-    assert_eq!(h.state().predict.checkpoint, run.display().to_string(), "the latest run is the default");
+    assert_eq!(
+        h.state().predict.checkpoint,
+        run.display().to_string(),
+        "the latest run is the default"
+    );
     h.get_by_label("Run on this image").click();
     h.run_steps(2);
-    step_until(&mut h, "the prediction", Duration::from_secs(300), |wb| wb.predict.running.is_none() && wb.predict.outcome.is_some());
+    step_until(&mut h, "the prediction", Duration::from_secs(300), |wb| {
+        wb.predict.running.is_none() && wb.predict.outcome.is_some()
+    });
     let (id, outcome) = h.state().predict.outcome.clone().unwrap();
     let outcome = outcome.expect("the pipeline runs");
     assert_eq!(id, h.state().record.as_ref().unwrap().id);
@@ -99,9 +127,20 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
     h.run_steps(3);
     h.get_by_label("Use box as correction").click();
     h.run_steps(2);
-    let corrected = h.state().record.as_ref().unwrap().get_box(roiscope::data::store::BoxSource::Corrected).unwrap_or_else(|| panic!("{:?} {:?}", h.state().message, outcome.roi)).coords;
+    let corrected = h
+        .state()
+        .record
+        .as_ref()
+        .unwrap()
+        .get_box(roiscope::data::store::BoxSource::Corrected)
+        .unwrap_or_else(|| panic!("{:?} {:?}", h.state().message, outcome.roi))
+        .coords;
     for (c, p) in corrected.iter().zip(outcome.roi) {
-        assert!((c - p as f64).abs() < 1e-6, "{corrected:?} vs {:?}", outcome.roi);
+        assert!(
+            (c - p as f64).abs() < 1e-6,
+            "{corrected:?} vs {:?}",
+            outcome.roi
+        );
     }
 }
 
@@ -114,9 +153,14 @@ fn a_model_folder_that_does_not_load_is_shown_and_the_app_lives() {
     let mut h = harness(&project, &model);
     h.get_by_label("Start").click();
     h.run_steps(2);
-    step_until(&mut h, "the failure", Duration::from_secs(60), |wb| !wb.training.busy());
+    step_until(&mut h, "the failure", Duration::from_secs(60), |wb| {
+        !wb.training.busy()
+    });
     let state = h.state().training.state.clone();
-    assert!(matches!(&state, RunState::Failed(m) if m.contains("model folder")), "{state:?}");
+    assert!(
+        matches!(&state, RunState::Failed(m) if m.contains("model folder")),
+        "{state:?}"
+    );
     // Still drawing, and the review tab still works.
     h.state_mut().tab = Tab::Review;
     h.run_steps(2);

@@ -30,7 +30,12 @@ fn harness(project: &Path) -> Harness<'static, Workbench> {
 }
 
 /// Runs frames until `done` holds (the decoder and trainer threads repaint on their own).
-fn step_until(h: &mut Harness<'static, Workbench>, what: &str, limit: Duration, done: impl Fn(&Workbench) -> bool) {
+fn step_until(
+    h: &mut Harness<'static, Workbench>,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Workbench) -> bool,
+) {
     let start = Instant::now();
     while !done(h.state()) {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -39,9 +44,19 @@ fn step_until(h: &mut Harness<'static, Workbench>, what: &str, limit: Duration, 
     }
 }
 
-fn select_where(h: &mut Harness<'static, Workbench>, pick: impl Fn(&roiscope::app::browser::Row) -> bool) -> i64 {
-    let i = h.state().rows.iter().position(pick).expect("a matching record");
-    h.state_mut().commands.push(roiscope::app::Command::Select(i));
+fn select_where(
+    h: &mut Harness<'static, Workbench>,
+    pick: impl Fn(&roiscope::app::browser::Row) -> bool,
+) -> i64 {
+    let i = h
+        .state()
+        .rows
+        .iter()
+        .position(pick)
+        .expect("a matching record");
+    h.state_mut()
+        .commands
+        .push(roiscope::app::Command::Select(i));
     h.run_steps(3);
     h.state().rows[i].id
 }
@@ -51,7 +66,13 @@ fn corrected_px(project: &Path, id: i64) -> Option<[f64; 4]> {
     let r = p.record(id).unwrap();
     r.get_box(BoxSource::Corrected).map(|b| {
         let (w, h) = (r.width as f64, r.height as f64);
-        [b.coords[0] * w, b.coords[1] * h, b.coords[2] * w, b.coords[3] * h].map(|v| (v * 100.0).round() / 100.0)
+        [
+            b.coords[0] * w,
+            b.coords[1] * h,
+            b.coords[2] * w,
+            b.coords[3] * h,
+        ]
+        .map(|v| (v * 100.0).round() / 100.0)
     })
 }
 
@@ -87,7 +108,12 @@ fn draw_move_resize_nudge_undo_redo_a_box() {
     let before = edit_count(&project);
 
     drag(&mut h, [20.0, 30.0], [80.0, 70.0]);
-    assert_eq!(corrected_px(&project, id), Some([20.0, 30.0, 80.0, 70.0]), "{:?}", h.state().message);
+    assert_eq!(
+        corrected_px(&project, id),
+        Some([20.0, 30.0, 80.0, 70.0]),
+        "{:?}",
+        h.state().message
+    );
     assert_eq!(edit_count(&project), before + 1, "one drag is one edit");
 
     // Move: drag from inside the box.
@@ -136,7 +162,11 @@ fn draw_move_resize_nudge_undo_redo_a_box() {
         source: egui::MouseWheelSource::Unknown,
     });
     h.run_steps(6);
-    assert!(h.state().canvas.zoom() > 1.2, "zoomed in: {}", h.state().canvas.zoom());
+    assert!(
+        h.state().canvas.zoom() > 1.2,
+        "zoomed in: {}",
+        h.state().canvas.zoom()
+    );
     drag(&mut h, [60.0, 70.0], [65.0, 70.0]);
     assert_eq!(corrected_px(&project, id), Some([31.0, 45.0, 106.0, 105.0]));
 
@@ -146,7 +176,11 @@ fn draw_move_resize_nudge_undo_redo_a_box() {
     assert_eq!(corrected_px(&project, id), None);
     h.key_press_modifiers(Modifiers::COMMAND, Key::Y);
     h.run_steps(2);
-    assert_eq!(corrected_px(&project, id), None, "nothing to redo after a new edit");
+    assert_eq!(
+        corrected_px(&project, id),
+        None,
+        "nothing to redo after a new edit"
+    );
     h.key_press_modifiers(Modifiers::COMMAND, Key::Z);
     h.run_steps(2);
     assert_eq!(corrected_px(&project, id), Some([31.0, 45.0, 106.0, 105.0]));
@@ -183,34 +217,58 @@ fn switch_records_edit_a_field_and_review() {
     assert_eq!(h.state().record.as_ref().unwrap().id, first);
 
     // Edit the Modality field through its text box; leaving the field saves it.
-    let old = h.state().record.as_ref().unwrap().fields.as_ref().unwrap()["Modality"].as_str().unwrap().to_string();
-    h.get_by_role_and_label(Role::MultilineTextInput, "Modality").focus();
+    let old = h.state().record.as_ref().unwrap().fields.as_ref().unwrap()["Modality"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.get_by_role_and_label(Role::MultilineTextInput, "Modality")
+        .focus();
     h.run();
-    h.get_by_role_and_label(Role::MultilineTextInput, "Modality").type_text(" 复核");
+    h.get_by_role_and_label(Role::MultilineTextInput, "Modality")
+        .type_text(" 复核");
     h.run();
     h.key_press(Key::Escape);
     h.run_steps(3);
     let p = Project::open(&project).unwrap();
-    let stored = p.record(first).unwrap().fields.unwrap()["Modality"].as_str().unwrap().to_string();
+    let stored = p.record(first).unwrap().fields.unwrap()["Modality"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(stored, format!("{old} 复核"));
 
     // Review with the keyboard, in queue mode: the next unreviewed record comes up.
     h.state_mut().fields.queue_mode = true;
     h.key_press(Key::A);
     h.run_steps(2);
-    assert_eq!(Project::open(&project).unwrap().record(first).unwrap().status, ReviewStatus::Accepted);
+    assert_eq!(
+        Project::open(&project)
+            .unwrap()
+            .record(first)
+            .unwrap()
+            .status,
+        ReviewStatus::Accepted
+    );
     let next = h.state().record.as_ref().unwrap();
     assert_ne!(next.id, first);
     assert_eq!(next.status, ReviewStatus::Unreviewed);
     h.get_by_label("Needs fix (F)").click();
     h.run_steps(2);
     let p = Project::open(&project).unwrap();
-    assert_eq!(p.record(next_id(&p, first)).unwrap().status, ReviewStatus::NeedsFix);
+    assert_eq!(
+        p.record(next_id(&p, first)).unwrap().status,
+        ReviewStatus::NeedsFix
+    );
 }
 
 /// The record after `first` that the queue moved to (the next one by id).
 fn next_id(p: &Project, first: i64) -> i64 {
-    p.history(None).unwrap().iter().rev().find(|e| e.record_id != first).map(|e| e.record_id).unwrap()
+    p.history(None)
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e.record_id != first)
+        .map(|e| e.record_id)
+        .unwrap()
 }
 
 #[test]
@@ -225,7 +283,8 @@ fn filters_narrow_the_list() {
     h.state_mut().browser.filters.boxes = roiscope::app::browser::BoxFilter::Any;
     h.get_by_role_and_label(Role::TextInput, "Search").focus();
     h.run();
-    h.get_by_role_and_label(Role::TextInput, "Search").type_text("retina");
+    h.get_by_role_and_label(Role::TextInput, "Search")
+        .type_text("retina");
     h.run_steps(2);
     let shown = h.state().browser.visible(&h.state().rows).len();
     assert!(shown >= 1 && shown < all, "{shown} of {all}");
@@ -239,16 +298,30 @@ fn thumbnails_and_images_decode_off_the_ui_thread_and_bad_images_become_error_ti
     let p = Project::open(&project).unwrap();
     let r = p.record(1).unwrap();
     std::fs::write(tmp.path().join("broken.jpg"), b"not a jpeg").unwrap();
-    let broken = roiscope::app::images::ImageKey { path: tmp.path().join("broken.jpg"), thumb: false };
-    let good = roiscope::app::images::ImageKey { path: p.image_path(&r), thumb: false };
+    let broken = roiscope::app::images::ImageKey {
+        path: tmp.path().join("broken.jpg"),
+        thumb: false,
+    };
+    let good = roiscope::app::images::ImageKey {
+        path: p.image_path(&r),
+        thumb: false,
+    };
     let mut h = harness(&project);
     let ctx = h.ctx.clone();
     h.state_mut().images.get(&ctx, &broken);
     h.state_mut().images.get(&ctx, &good);
-    step_until(&mut h, "the decodes", Duration::from_secs(30), |wb| wb.images.idle());
+    step_until(&mut h, "the decodes", Duration::from_secs(30), |wb| {
+        wb.images.idle()
+    });
     use roiscope::app::images::Slot;
-    assert!(matches!(h.state_mut().images.get(&ctx, &broken), Slot::Failed(_)));
-    assert!(matches!(h.state_mut().images.get(&ctx, &good), Slot::Ready(_)));
+    assert!(matches!(
+        h.state_mut().images.get(&ctx, &broken),
+        Slot::Failed(_)
+    ));
+    assert!(matches!(
+        h.state_mut().images.get(&ctx, &good),
+        Slot::Ready(_)
+    ));
 }
 
 #[test]
@@ -256,7 +329,11 @@ fn a_missing_project_is_a_message_not_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let project = sample_project(tmp.path());
     let mut h = harness(&project);
-    h.state_mut().commands.push(roiscope::app::Command::OpenProject(tmp.path().join("nowhere")));
+    h.state_mut()
+        .commands
+        .push(roiscope::app::Command::OpenProject(
+            tmp.path().join("nowhere"),
+        ));
     h.run_steps(2);
     let (msg, error) = h.state().message.clone().unwrap();
     assert!(error && msg.contains("not a roiscope project"), "{msg}");

@@ -43,9 +43,18 @@ struct Handle([bool; 4]);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Drag {
-    Draw { start: Pos2 },
-    Move { grab: Pos2, orig: PxBox },
-    Resize { handle: Handle, orig: PxBox, grab: Pos2 },
+    Draw {
+        start: Pos2,
+    },
+    Move {
+        grab: Pos2,
+        orig: PxBox,
+    },
+    Resize {
+        handle: Handle,
+        orig: PxBox,
+        grab: Pos2,
+    },
     Pan,
     WindowLevel,
 }
@@ -150,7 +159,8 @@ impl Canvas {
         self.zoom_and_pan(ui, &response);
 
         // The image (or its tile while loading or failed).
-        let image_rect = Rect::from_min_size(self.to_screen([0.0, 0.0]), Vec2::new(w, h) * self.zoom);
+        let image_rect =
+            Rect::from_min_size(self.to_screen([0.0, 0.0]), Vec2::new(w, h) * self.zoom);
         let uv = Rect::from_min_max(Pos2::ZERO, Pos2::new(1.0, 1.0));
         match input.slot {
             Slot::Ready(decoded) => {
@@ -159,7 +169,13 @@ impl Canvas {
             }
             Slot::Loading => {
                 painter.rect_filled(image_rect, 0.0, Color32::from_gray(40));
-                painter.text(rect.center(), Align2::CENTER_CENTER, "decoding…", FontId::proportional(16.0), Color32::GRAY);
+                painter.text(
+                    rect.center(),
+                    Align2::CENTER_CENTER,
+                    "decoding…",
+                    FontId::proportional(16.0),
+                    Color32::GRAY,
+                );
             }
             Slot::Failed(e) => {
                 painter.rect_filled(image_rect, 0.0, Color32::from_rgb(70, 20, 20));
@@ -174,7 +190,12 @@ impl Canvas {
         }
 
         let to_px = |b: [f64; 4]| -> PxBox {
-            [b[0] as f32 * w, b[1] as f32 * h, b[2] as f32 * w, b[3] as f32 * h]
+            [
+                b[0] as f32 * w,
+                b[1] as f32 * h,
+                b[2] as f32 * w,
+                b[3] as f32 * h,
+            ]
         };
         let editable = self
             .draft
@@ -209,7 +230,12 @@ impl Canvas {
             painter.text(
                 rect.left_bottom() + Vec2::new(6.0, -6.0),
                 Align2::LEFT_BOTTOM,
-                format!("x {:.0}  y {:.0}   zoom {:.0}%", p[0], p[1], self.zoom * ui.ctx().pixels_per_point() * 100.0),
+                format!(
+                    "x {:.0}  y {:.0}   zoom {:.0}%",
+                    p[0],
+                    p[1],
+                    self.zoom * ui.ctx().pixels_per_point() * 100.0
+                ),
                 FontId::monospace(12.0),
                 Color32::LIGHT_GRAY,
             );
@@ -224,7 +250,12 @@ impl Canvas {
         })
     }
 
-    fn texture_for<'a>(&'a mut self, ctx: &egui::Context, decoded: &'a Decoded, identity: (i64, bool)) -> &'a TextureHandle {
+    fn texture_for<'a>(
+        &'a mut self,
+        ctx: &egui::Context,
+        decoded: &'a Decoded,
+        identity: (i64, bool),
+    ) -> &'a TextureHandle {
         let Some(window) = self.window.filter(|_| decoded.grey) else {
             return &decoded.texture;
         };
@@ -271,7 +302,13 @@ impl Canvas {
     }
 
     /// Mouse editing of the box; returns the box a finished drag leaves (image pixels).
-    fn edit(&mut self, ui: &Ui, response: &egui::Response, current: Option<PxBox>, size: [f32; 2]) -> Option<PxBox> {
+    fn edit(
+        &mut self,
+        ui: &Ui,
+        response: &egui::Response,
+        current: Option<PxBox>,
+        size: [f32; 2],
+    ) -> Option<PxBox> {
         let space = ui.input(|i| i.key_down(egui::Key::Space));
         if let Some(pos) = response.hover_pos() {
             if self.drag.is_none() && !space {
@@ -287,20 +324,47 @@ impl Canvas {
             let origin = ui.input(|i| i.pointer.press_origin());
             if let Some(pos) = origin.or(response.interact_pointer_pos()) {
                 self.drag = Some(match current.and_then(|b| self.hit(b, pos)) {
-                    Some(Ok(handle)) => Drag::Resize { handle, orig: current.unwrap_or_default(), grab: pos },
-                    Some(Err(())) => Drag::Move { grab: pos, orig: current.unwrap_or_default() },
+                    Some(Ok(handle)) => Drag::Resize {
+                        handle,
+                        orig: current.unwrap_or_default(),
+                        grab: pos,
+                    },
+                    Some(Err(())) => Drag::Move {
+                        grab: pos,
+                        orig: current.unwrap_or_default(),
+                    },
                     None => Drag::Draw { start: pos },
                 });
             }
         }
-        let pointer = response.interact_pointer_pos().or(response.hover_pos());
+        // On the frame the button comes up, the box ends where it came up, even if the pointer
+        // moved on within the same frame.
+        let released_at = ui.input(|i| {
+            i.events.iter().rev().find_map(|e| match e {
+                egui::Event::PointerButton {
+                    pos,
+                    button: PointerButton::Primary,
+                    pressed: false,
+                    ..
+                } => Some(*pos),
+                _ => None,
+            })
+        });
+        let pointer = released_at
+            .or(response.interact_pointer_pos())
+            .or(response.hover_pos());
         if let (Some(drag), Some(pos)) = (self.drag, pointer) {
             let clamp = |b: PxBox| clamp_box(b, size);
             match drag {
                 Drag::Draw { start } => {
                     let a = self.to_image(start);
                     let b = self.to_image(pos);
-                    self.draft = Some(clamp([a[0].min(b[0]), a[1].min(b[1]), a[0].max(b[0]), a[1].max(b[1])]));
+                    self.draft = Some(clamp([
+                        a[0].min(b[0]),
+                        a[1].min(b[1]),
+                        a[0].max(b[0]),
+                        a[1].max(b[1]),
+                    ]));
                 }
                 Drag::Move { grab, orig } => {
                     let d = (pos - grab) / self.zoom;
@@ -318,7 +382,12 @@ impl Canvas {
                         }
                     }
                     // Dragging an edge past the opposite one flips the box instead of inverting it.
-                    self.draft = Some(clamp([b[0].min(b[2]), b[1].min(b[3]), b[0].max(b[2]), b[1].max(b[3])]));
+                    self.draft = Some(clamp([
+                        b[0].min(b[2]),
+                        b[1].min(b[3]),
+                        b[0].max(b[2]),
+                        b[1].max(b[3]),
+                    ]));
                 }
                 Drag::Pan | Drag::WindowLevel => {}
             }
@@ -356,8 +425,12 @@ impl Canvas {
             (true, _, true, _) | (true, _, _, true) | (_, true, true, _) | (_, true, _, true) => {
                 Some([left, top, right, bottom])
             }
-            (true, _, false, false) | (_, true, false, false) if mid_y => Some([left, false, right, false]),
-            (false, false, true, _) | (false, false, _, true) if mid_x => Some([false, top, false, bottom]),
+            (true, _, false, false) | (_, true, false, false) if mid_y => {
+                Some([left, false, right, false])
+            }
+            (false, false, true, _) | (false, false, _, true) if mid_x => {
+                Some([false, top, false, bottom])
+            }
             _ => None,
         };
         match handle {
@@ -367,10 +440,23 @@ impl Canvas {
         }
     }
 
-    fn draw_box(&self, painter: &egui::Painter, b: PxBox, colour: Color32, label: &str, handles: bool) {
+    fn draw_box(
+        &self,
+        painter: &egui::Painter,
+        b: PxBox,
+        colour: Color32,
+        label: &str,
+        handles: bool,
+    ) {
         let r = Rect::from_min_max(self.to_screen([b[0], b[1]]), self.to_screen([b[2], b[3]]));
         painter.rect_stroke(r, 0.0, Stroke::new(2.0, colour), StrokeKind::Outside);
-        painter.text(r.left_top() + Vec2::new(0.0, -3.0), Align2::LEFT_BOTTOM, label, FontId::proportional(13.0), colour);
+        painter.text(
+            r.left_top() + Vec2::new(0.0, -3.0),
+            Align2::LEFT_BOTTOM,
+            label,
+            FontId::proportional(13.0),
+            colour,
+        );
         if handles {
             for p in handle_points(r) {
                 painter.rect_filled(Rect::from_center_size(p, Vec2::splat(7.0)), 1.0, colour);

@@ -41,9 +41,16 @@ impl FieldsPanel {
                 }
                 continue;
             }
-            let old = record.fields.as_ref().and_then(|f| f.get(name)).map(text_of);
+            let old = record
+                .fields
+                .as_ref()
+                .and_then(|f| f.get(name))
+                .map(text_of);
             if old.as_deref() != Some(text.as_str()) {
-                edits.push(Edit::SetField { name: name.clone(), value: Some(Value::String(text.clone())) });
+                edits.push(Edit::SetField {
+                    name: name.clone(),
+                    value: Some(Value::String(text.clone())),
+                });
             }
         }
         edits
@@ -54,7 +61,13 @@ impl FieldsPanel {
         self.record = None;
     }
 
-    pub fn ui(&mut self, ui: &mut Ui, record: &StoredRecord, diagnosis_field: &str, commands: &mut Vec<Command>) {
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        record: &StoredRecord,
+        diagnosis_field: &str,
+        commands: &mut Vec<Command>,
+    ) {
         if self.record != Some(record.id) {
             self.record = Some(record.id);
             self.buffers.clear();
@@ -71,19 +84,43 @@ impl FieldsPanel {
         }
 
         ui.heading(format!("Record #{}", record.id));
-        ui.label(RichText::new(&record.image).small()).on_hover_text("Image path relative to the data root");
+        ui.label(RichText::new(&record.image).small())
+            .on_hover_text("Image path relative to the data root");
         ui.horizontal(|ui| {
             ui.label("Status:");
-            ui.label(RichText::new(record.status.as_str()).strong().color(status_colour(record.status)));
-            ui.label(format!("· split {}", record.split.map_or("none", |s| s.as_str())));
+            ui.label(
+                RichText::new(record.status.as_str())
+                    .strong()
+                    .color(status_colour(record.status)),
+            );
+            ui.label(format!(
+                "· split {}",
+                record.split.map_or("none", |s| s.as_str())
+            ));
         });
         ui.horizontal_wrapped(|ui| {
             for (status, label, key, tip) in [
-                (ReviewStatus::Accepted, "Accept", "A", "Mark the record accepted (A)"),
-                (ReviewStatus::Rejected, "Reject", "R", "Mark the record rejected (R)"),
-                (ReviewStatus::NeedsFix, "Needs fix", "F", "Mark the record as needing a fix (F)"),
+                (
+                    ReviewStatus::Accepted,
+                    "Accept",
+                    "A",
+                    "Mark the record accepted (A)",
+                ),
+                (
+                    ReviewStatus::Rejected,
+                    "Reject",
+                    "R",
+                    "Mark the record rejected (R)",
+                ),
+                (
+                    ReviewStatus::NeedsFix,
+                    "Needs fix",
+                    "F",
+                    "Mark the record as needing a fix (F)",
+                ),
             ] {
-                let button = egui::Button::new(format!("{label} ({key})")).selected(record.status == status);
+                let button =
+                    egui::Button::new(format!("{label} ({key})")).selected(record.status == status);
                 if ui.add(button).on_hover_text(tip).clicked() {
                     commands.push(Command::Review(status));
                 }
@@ -97,7 +134,9 @@ impl FieldsPanel {
             }
         });
         ui.checkbox(&mut self.queue_mode, "Review queue")
-            .on_hover_text("After each review action go to the next unreviewed record (N jumps there too)");
+            .on_hover_text(
+                "After each review action go to the next unreviewed record (N jumps there too)",
+            );
         ui.separator();
 
         // Every field the record carries, unknown keys too; the diagnosis target first-class.
@@ -112,51 +151,77 @@ impl FieldsPanel {
             ui.label(q);
             ui.separator();
         }
-        egui::ScrollArea::vertical().id_salt("fields").show(ui, |ui| {
-            let names: Vec<String> = self.buffers.keys().cloned().collect();
-            // The record's own field order where it has one.
-            let ordered: Vec<String> = match &record.fields {
-                Some(f) => f.keys().cloned().chain(names.iter().filter(|n| !f.contains_key(*n)).cloned()).collect(),
-                None => names,
-            };
-            for name in ordered {
-                let is_diag = name == diagnosis_field || name == PLAIN;
-                let title = if name == PLAIN { "Diagnosis (plain-text answer)".to_string() } else { name.clone() };
-                let label = if is_diag {
-                    ui.label(RichText::new(format!("{title} (diagnosis target)")).strong().color(Color32::from_rgb(255, 200, 80)))
-                } else {
-                    ui.label(RichText::new(&title).strong())
+        egui::ScrollArea::vertical()
+            .id_salt("fields")
+            .show(ui, |ui| {
+                let names: Vec<String> = self.buffers.keys().cloned().collect();
+                // The record's own field order where it has one.
+                let ordered: Vec<String> = match &record.fields {
+                    Some(f) => f
+                        .keys()
+                        .cloned()
+                        .chain(names.iter().filter(|n| !f.contains_key(*n)).cloned())
+                        .collect(),
+                    None => names,
                 };
-                let Some(buffer) = self.buffers.get_mut(&name) else { continue };
-                let mut edit = egui::TextEdit::multiline(buffer).desired_rows(if is_diag { 3 } else { 1 }).desired_width(f32::INFINITY);
-                if is_diag {
-                    edit = edit.background_color(Color32::from_rgb(60, 50, 20));
-                }
-                let response = ui.add(edit).labelled_by(label.id).on_hover_text(if is_diag {
+                for name in ordered {
+                    let is_diag = name == diagnosis_field || name == PLAIN;
+                    let title = if name == PLAIN {
+                        "Diagnosis (plain-text answer)".to_string()
+                    } else {
+                        name.clone()
+                    };
+                    let label = if is_diag {
+                        ui.label(
+                            RichText::new(format!("{title} (diagnosis target)"))
+                                .strong()
+                                .color(Color32::from_rgb(255, 200, 80)),
+                        )
+                    } else {
+                        ui.label(RichText::new(&title).strong())
+                    };
+                    let Some(buffer) = self.buffers.get_mut(&name) else {
+                        continue;
+                    };
+                    let mut edit = egui::TextEdit::multiline(buffer)
+                        .desired_rows(if is_diag { 3 } else { 1 })
+                        .desired_width(f32::INFINITY);
+                    if is_diag {
+                        edit = edit.background_color(Color32::from_rgb(60, 50, 20));
+                    }
+                    let response = ui.add(edit).labelled_by(label.id).on_hover_text(if is_diag {
                     "The diagnosis the model learns to write; saved when you leave the field"
                 } else {
                     "Saved to the project when you leave the field"
                 });
-                if response.lost_focus() {
-                    commands.push(Command::FlushFields);
+                    if response.lost_focus() {
+                        commands.push(Command::FlushFields);
+                    }
                 }
-            }
-            if record.fields.is_some() {
-                ui.separator();
-                ui.horizontal(|ui| {
-                    let label = ui.label("New field");
-                    ui.add(egui::TextEdit::singleline(&mut self.new_field).desired_width(140.0))
+                if record.fields.is_some() {
+                    ui.separator();
+                    ui.horizontal(|ui| {
+                        let label = ui.label("New field");
+                        ui.add(
+                            egui::TextEdit::singleline(&mut self.new_field).desired_width(140.0),
+                        )
                         .labelled_by(label.id)
                         .on_hover_text("Name of a structured field to add to this record");
-                    if ui.button("Add").on_hover_text("Add the field (empty) to this record").clicked()
-                        && !self.new_field.trim().is_empty()
-                    {
-                        let name = self.new_field.trim().to_string();
-                        self.new_field.clear();
-                        commands.push(Command::Edit(Edit::SetField { name, value: Some(Value::String(String::new())) }));
-                    }
-                });
-            }
-        });
+                        if ui
+                            .button("Add")
+                            .on_hover_text("Add the field (empty) to this record")
+                            .clicked()
+                            && !self.new_field.trim().is_empty()
+                        {
+                            let name = self.new_field.trim().to_string();
+                            self.new_field.clear();
+                            commands.push(Command::Edit(Edit::SetField {
+                                name,
+                                value: Some(Value::String(String::new())),
+                            }));
+                        }
+                    });
+                }
+            });
     }
 }

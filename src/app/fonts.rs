@@ -34,7 +34,9 @@ pub fn install_cjk_fallback(ctx: &egui::Context) -> Option<std::path::PathBuf> {
     let path = find_cjk_font()?;
     let bytes = std::fs::read(&path).ok()?;
     let mut fonts = FontDefinitions::default();
-    fonts.font_data.insert("cjk".into(), Arc::new(FontData::from_owned(bytes)));
+    fonts
+        .font_data
+        .insert("cjk".into(), Arc::new(FontData::from_owned(bytes)));
     for family in [FontFamily::Proportional, FontFamily::Monospace] {
         fonts.families.entry(family).or_default().push("cjk".into());
     }

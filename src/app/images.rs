@@ -94,8 +94,7 @@ impl ImageCache {
                 Ok((image, grey)) => {
                     let name = key.path.display().to_string();
                     let pixels = Arc::new(image);
-                    let texture =
-                        ctx.load_texture(name, pixels.clone(), TextureOptions::LINEAR);
+                    let texture = ctx.load_texture(name, pixels.clone(), TextureOptions::LINEAR);
                     Slot::Ready(Decoded {
                         pixels,
                         grey,

@@ -26,8 +26,8 @@ use crate::data::store::{BoxSource, Edit, Project, ReviewStatus, StoredRecord};
 use browser::{Browser, Row};
 use canvas::{Canvas, CanvasInput, WINDOW_PRESETS};
 use fields::FieldsPanel;
-use predict::PredictPanel;
 use images::{ImageCache, ImageKey};
+use predict::PredictPanel;
 use settings::{Settings, STORAGE_KEY};
 use training::TrainingPanel;
 
@@ -50,7 +50,11 @@ pub enum Command {
     /// Set (or remove) the corrected box, normalised.
     SetBox(Option<[f64; 4]>),
     /// Move (or with `resize`, grow the right/bottom edge of) the box by image pixels.
-    Nudge { dx: f64, dy: f64, resize: bool },
+    Nudge {
+        dx: f64,
+        dy: f64,
+        resize: bool,
+    },
     ResetToDetected,
     Review(ReviewStatus),
     Edit(Edit),
@@ -122,7 +126,10 @@ impl Workbench {
         match self.load_project(dir) {
             Ok(()) => {
                 self.settings.remember(dir.to_path_buf());
-                self.message = Some((format!("opened {} ({} records)", dir.display(), self.rows.len()), false));
+                self.message = Some((
+                    format!("opened {} ({} records)", dir.display(), self.rows.len()),
+                    false,
+                ));
             }
             Err(e) => self.message = Some((format!("cannot open {}: {e:#}", dir.display()), true)),
         }
@@ -157,7 +164,9 @@ impl Workbench {
 
     /// Reads the current record again from the store (after an edit, undo or redo).
     fn reload_current(&mut self) {
-        let (Some(project), Some(i)) = (&self.project, self.current) else { return };
+        let (Some(project), Some(i)) = (&self.project, self.current) else {
+            return;
+        };
         let id = self.rows[i].id;
         match project.record(id) {
             Ok(r) => {
@@ -170,7 +179,9 @@ impl Workbench {
     }
 
     fn apply(&mut self, edit: Edit) {
-        let (Some(project), Some(record)) = (&mut self.project, &self.record) else { return };
+        let (Some(project), Some(record)) = (&mut self.project, &self.record) else {
+            return;
+        };
         match project.apply_edit(record.id, &edit, &editor_name()) {
             Ok(_) => self.message = Some((format!("saved: {}", describe(&edit)), false)),
             Err(e) => self.message = Some((format!("could not save the edit: {e:#}"), true)),
@@ -188,14 +199,23 @@ impl Workbench {
     /// The box the keyboard edits: the corrected one, else the detected one, in image pixels.
     fn editable_px(&self) -> Option<[f64; 4]> {
         let r = self.record.as_ref()?;
-        let b = r.get_box(BoxSource::Corrected).or_else(|| r.get_box(BoxSource::Detected))?;
+        let b = r
+            .get_box(BoxSource::Corrected)
+            .or_else(|| r.get_box(BoxSource::Detected))?;
         let (w, h) = (r.width as f64, r.height as f64);
-        Some([b.coords[0] * w, b.coords[1] * h, b.coords[2] * w, b.coords[3] * h])
+        Some([
+            b.coords[0] * w,
+            b.coords[1] * h,
+            b.coords[2] * w,
+            b.coords[3] * h,
+        ])
     }
 
     fn undo_redo(&mut self, redo: bool) {
         self.flush_fields();
-        let Some(project) = &mut self.project else { return };
+        let Some(project) = &mut self.project else {
+            return;
+        };
         let result = if redo { project.redo() } else { project.undo() };
         match result {
             Ok(Some(info)) => {
@@ -203,10 +223,23 @@ impl Workbench {
                 if let Some(i) = self.rows.iter().position(|r| r.id == info.record_id) {
                     self.current = Some(i);
                 }
-                self.message = Some((format!("{} {} of record #{}", if redo { "redid" } else { "undid" }, info.kind, info.record_id), false));
+                self.message = Some((
+                    format!(
+                        "{} {} of record #{}",
+                        if redo { "redid" } else { "undid" },
+                        info.kind,
+                        info.record_id
+                    ),
+                    false,
+                ));
                 self.reload_current();
             }
-            Ok(None) => self.message = Some((format!("nothing to {}", if redo { "redo" } else { "undo" }), false)),
+            Ok(None) => {
+                self.message = Some((
+                    format!("nothing to {}", if redo { "redo" } else { "undo" }),
+                    false,
+                ))
+            }
             Err(e) => self.message = Some((format!("{e:#}"), true)),
         }
     }
@@ -222,17 +255,24 @@ impl Workbench {
     fn run_command(&mut self, c: Command) {
         match c {
             Command::OpenProject(dir) => self.open_project(&dir),
-            Command::OpenSample => match sample::ensure_sample_project(sample::user_sample_project_dir()) {
-                Ok(dir) => self.open_project(&dir),
-                Err(e) => self.message = Some((format!("cannot prepare the sample project: {e:#}"), true)),
-            },
+            Command::OpenSample => {
+                match sample::ensure_sample_project(sample::user_sample_project_dir()) {
+                    Ok(dir) => self.open_project(&dir),
+                    Err(e) => {
+                        self.message =
+                            Some((format!("cannot prepare the sample project: {e:#}"), true))
+                    }
+                }
+            }
             Command::Select(i) => self.select(i),
             Command::Step(d) => {
                 let visible = self.browser.visible(&self.rows);
                 if visible.is_empty() {
                     return;
                 }
-                let pos = self.current.and_then(|c| visible.iter().position(|&v| v == c));
+                let pos = self
+                    .current
+                    .and_then(|c| visible.iter().position(|&v| v == c));
                 let next = match pos {
                     Some(p) => (p as i64 + d as i64).clamp(0, visible.len() as i64 - 1) as usize,
                     None => 0,
@@ -242,17 +282,22 @@ impl Workbench {
             Command::NextUnreviewed => {
                 let start = self.current.map_or(0, |c| c + 1);
                 let n = self.rows.len();
-                let found = (0..n)
-                    .map(|k| (start + k) % n)
-                    .find(|&i| self.rows[i].status == ReviewStatus::Unreviewed && Some(i) != self.current);
+                let found = (0..n).map(|k| (start + k) % n).find(|&i| {
+                    self.rows[i].status == ReviewStatus::Unreviewed && Some(i) != self.current
+                });
                 match found {
                     Some(i) => self.select(i),
                     None => self.message = Some(("every record is reviewed".into(), false)),
                 }
             }
-            Command::SetBox(b) => self.apply(Edit::SetBox { source: BoxSource::Corrected, coords: b }),
+            Command::SetBox(b) => self.apply(Edit::SetBox {
+                source: BoxSource::Corrected,
+                coords: b,
+            }),
             Command::Nudge { dx, dy, resize } => {
-                let (Some(mut b), Some(r)) = (self.editable_px(), &self.record) else { return };
+                let (Some(mut b), Some(r)) = (self.editable_px(), &self.record) else {
+                    return;
+                };
                 let (w, h) = (r.width as f64, r.height as f64);
                 if resize {
                     b[2] = (b[2] + dx).clamp(b[0] + 1.0, w);
@@ -262,12 +307,22 @@ impl Workbench {
                     let dy = dy.clamp(-b[1], h - b[3]);
                     b = [b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy];
                 }
-                self.apply(Edit::SetBox { source: BoxSource::Corrected, coords: Some([b[0] / w, b[1] / h, b[2] / w, b[3] / h]) });
+                self.apply(Edit::SetBox {
+                    source: BoxSource::Corrected,
+                    coords: Some([b[0] / w, b[1] / h, b[2] / w, b[3] / h]),
+                });
             }
             Command::ResetToDetected => {
-                let detected = self.record.as_ref().and_then(|r| r.get_box(BoxSource::Detected)).map(|b| b.coords);
+                let detected = self
+                    .record
+                    .as_ref()
+                    .and_then(|r| r.get_box(BoxSource::Detected))
+                    .map(|b| b.coords);
                 match detected {
-                    Some(d) => self.apply(Edit::SetBox { source: BoxSource::Corrected, coords: Some(d) }),
+                    Some(d) => self.apply(Edit::SetBox {
+                        source: BoxSource::Corrected,
+                        coords: Some(d),
+                    }),
                     None => self.message = Some(("this record has no detected box".into(), false)),
                 }
             }
@@ -295,7 +350,11 @@ impl Workbench {
         if self.cjk_font.is_none() {
             self.cjk_font = Some(fonts::install_cjk_fallback(&ctx));
         }
-        ctx.set_visuals(if self.settings.dark_theme { egui::Visuals::dark() } else { egui::Visuals::light() });
+        ctx.set_visuals(if self.settings.dark_theme {
+            egui::Visuals::dark()
+        } else {
+            egui::Visuals::light()
+        });
         self.images.poll(&ctx);
         self.training.poll();
         self.predict.poll();
@@ -307,12 +366,20 @@ impl Workbench {
             Tab::Review => self.review_ui(ui),
             Tab::Training => {
                 let project = self.project.as_ref().map(|p| p.dir().to_path_buf());
-                self.training.ui(ui, project.as_deref(), &mut self.settings.model_folder, &mut self.settings.smoothing);
+                self.training.ui(
+                    ui,
+                    project.as_deref(),
+                    &mut self.settings.model_folder,
+                    &mut self.settings.smoothing,
+                );
             }
         }
         if self.show_help {
             let mut open = true;
-            egui::Window::new("Keyboard shortcuts").open(&mut open).collapsible(false).show(&ctx, help::ui);
+            egui::Window::new("Keyboard shortcuts")
+                .open(&mut open)
+                .collapsible(false)
+                .show(&ctx, help::ui);
             self.show_help &= open;
         }
         if self.show_open {
@@ -324,11 +391,19 @@ impl Workbench {
     fn menu_ui(&mut self, ui: &mut Ui) {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
-                if ui.button("Open project…").on_hover_text("Open a project folder (type or paste its path)").clicked() {
+                if ui
+                    .button("Open project…")
+                    .on_hover_text("Open a project folder (type or paste its path)")
+                    .clicked()
+                {
                     self.show_open = true;
                     ui.close();
                 }
-                if ui.button("Open the sample project").on_hover_text("The bundled sample, prepared into your data folder").clicked() {
+                if ui
+                    .button("Open the sample project")
+                    .on_hover_text("The bundled sample, prepared into your data folder")
+                    .clicked()
+                {
                     self.commands.push(Command::OpenSample);
                     ui.close();
                 }
@@ -337,7 +412,11 @@ impl Workbench {
                         ui.label("none yet");
                     }
                     for p in self.settings.recent.clone() {
-                        if ui.button(p.display().to_string()).on_hover_text("Open this project").clicked() {
+                        if ui
+                            .button(p.display().to_string())
+                            .on_hover_text("Open this project")
+                            .clicked()
+                        {
                             self.commands.push(Command::OpenProject(p));
                             ui.close();
                         }
@@ -345,32 +424,52 @@ impl Workbench {
                 });
             });
             ui.menu_button("Edit", |ui| {
-                if ui.button("Undo (Ctrl+Z)").on_hover_text("Take back the last edit").clicked() {
+                if ui
+                    .button("Undo (Ctrl+Z)")
+                    .on_hover_text("Take back the last edit")
+                    .clicked()
+                {
                     self.commands.push(Command::Undo);
                     ui.close();
                 }
-                if ui.button("Redo (Ctrl+Shift+Z)").on_hover_text("Re-apply the edit undone last").clicked() {
+                if ui
+                    .button("Redo (Ctrl+Shift+Z)")
+                    .on_hover_text("Re-apply the edit undone last")
+                    .clicked()
+                {
                     self.commands.push(Command::Redo);
                     ui.close();
                 }
             });
             ui.menu_button("View", |ui| {
                 let l = &mut self.settings.layers;
-                ui.checkbox(&mut l.detected, "Detected ROI (green)").on_hover_text("The box found in the pixels");
-                ui.checkbox(&mut l.corrected, "Corrected box").on_hover_text("The box an annotator set");
-                ui.checkbox(&mut l.predicted, "Predicted box").on_hover_text("The model's box with its score");
-                ui.checkbox(&mut l.marker_removed, "Marker-removed image (M)").on_hover_text("The image the model sees, green outline removed");
+                ui.checkbox(&mut l.detected, "Detected ROI (green)")
+                    .on_hover_text("The box found in the pixels");
+                ui.checkbox(&mut l.corrected, "Corrected box")
+                    .on_hover_text("The box an annotator set");
+                ui.checkbox(&mut l.predicted, "Predicted box")
+                    .on_hover_text("The model's box with its score");
+                ui.checkbox(&mut l.marker_removed, "Marker-removed image (M)")
+                    .on_hover_text("The image the model sees, green outline removed");
                 ui.separator();
-                ui.checkbox(&mut self.settings.dark_theme, "Dark theme").on_hover_text("Dark or light colours");
+                ui.checkbox(&mut self.settings.dark_theme, "Dark theme")
+                    .on_hover_text("Dark or light colours");
             });
-            if ui.button("Help").on_hover_text("Keyboard shortcuts (F1)").clicked() {
+            if ui
+                .button("Help")
+                .on_hover_text("Keyboard shortcuts (F1)")
+                .clicked()
+            {
                 self.show_help = true;
             }
             ui.separator();
-            ui.selectable_value(&mut self.tab, Tab::Review, "Review").on_hover_text("Browse, correct and review records");
-            ui.selectable_value(&mut self.tab, Tab::Training, "Training").on_hover_text("Train a model on this project and watch the losses");
+            ui.selectable_value(&mut self.tab, Tab::Review, "Review")
+                .on_hover_text("Browse, correct and review records");
+            ui.selectable_value(&mut self.tab, Tab::Training, "Training")
+                .on_hover_text("Train a model on this project and watch the losses");
             if let Some(p) = &self.project {
-                ui.label(RichText::new(p.dir().display().to_string()).small()).on_hover_text("The open project");
+                ui.label(RichText::new(p.dir().display().to_string()).small())
+                    .on_hover_text("The open project");
             }
         });
     }
@@ -378,22 +477,30 @@ impl Workbench {
     fn open_dialog(&mut self, ctx: &egui::Context) {
         let mut open = true;
         let mut submit = false;
-        egui::Window::new("Open project").open(&mut open).collapsible(false).show(ctx, |ui| {
-            ui.label("Project folder (made by `roiscope prepare`):");
-            let label = ui.label("Path");
-            let r = ui
-                .add(egui::TextEdit::singleline(&mut self.open_path).desired_width(420.0))
-                .labelled_by(label.id)
-                .on_hover_text("Type or paste the folder that holds roiscope.db");
-            if r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
-                submit = true;
-            }
-            if ui.button("Open").on_hover_text("Open this folder").clicked() {
-                submit = true;
-            }
-        });
+        egui::Window::new("Open project")
+            .open(&mut open)
+            .collapsible(false)
+            .show(ctx, |ui| {
+                ui.label("Project folder (made by `roiscope prepare`):");
+                let label = ui.label("Path");
+                let r = ui
+                    .add(egui::TextEdit::singleline(&mut self.open_path).desired_width(420.0))
+                    .labelled_by(label.id)
+                    .on_hover_text("Type or paste the folder that holds roiscope.db");
+                if r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                    submit = true;
+                }
+                if ui
+                    .button("Open")
+                    .on_hover_text("Open this folder")
+                    .clicked()
+                {
+                    submit = true;
+                }
+            });
         if submit && !self.open_path.trim().is_empty() {
-            self.commands.push(Command::OpenProject(PathBuf::from(self.open_path.trim())));
+            self.commands
+                .push(Command::OpenProject(PathBuf::from(self.open_path.trim())));
             open = false;
         }
         self.show_open = open;
@@ -414,15 +521,34 @@ impl Workbench {
     }
 
     fn review_ui(&mut self, ui: &mut Ui) {
-        egui::Panel::left("browser").resizable(true).default_size(300.0).show(ui, |ui| {
-            ui.heading("Records");
-            self.browser.ui(ui, &self.rows, self.current, &mut self.images, &mut self.commands);
-        });
-        egui::Panel::right("fields").resizable(true).default_size(340.0).show(ui, |ui| {
-            match &self.record {
+        egui::Panel::left("browser")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| {
+                ui.heading("Records");
+                self.browser.ui(
+                    ui,
+                    &self.rows,
+                    self.current,
+                    &mut self.images,
+                    &mut self.commands,
+                );
+            });
+        egui::Panel::right("fields")
+            .resizable(true)
+            .default_size(340.0)
+            .show(ui, |ui| match &self.record {
                 Some(record) => {
-                    let field = self.project.as_ref().map_or("", |p| p.diagnosis_field()).to_string();
-                    let image = self.project.as_ref().map(|p| p.training_image_path(record)).unwrap_or_default();
+                    let field = self
+                        .project
+                        .as_ref()
+                        .map_or("", |p| p.diagnosis_field())
+                        .to_string();
+                    let image = self
+                        .project
+                        .as_ref()
+                        .map(|p| p.training_image_path(record))
+                        .unwrap_or_default();
                     if let Some(p) = &self.project {
                         self.training.refresh_runs(p.dir());
                     }
@@ -443,18 +569,23 @@ impl Workbench {
                 None => {
                     ui.label("No record selected.");
                 }
-            }
-        });
+            });
         egui::CentralPanel::default().show(ui, |ui| {
             self.toolbar_ui(ui);
             let (Some(record), Some(project)) = (&self.record, &self.project) else {
                 ui.centered_and_justified(|ui| {
-                    ui.label("Open a project: File > Open project, or File > Open the sample project.");
+                    ui.label(
+                        "Open a project: File > Open project, or File > Open the sample project.",
+                    );
                 });
                 return;
             };
             let marker_removed = self.settings.layers.marker_removed;
-            let path = if marker_removed { project.training_image_path(record) } else { project.image_path(record) };
+            let path = if marker_removed {
+                project.training_image_path(record)
+            } else {
+                project.image_path(record)
+            };
             let key = ImageKey { path, thumb: false };
             let slot = self.images.get(ui.ctx(), &key);
             let predicted = self.predict.predicted(record);
@@ -475,36 +606,74 @@ impl Workbench {
 
     fn toolbar_ui(&mut self, ui: &mut Ui) {
         ui.horizontal_wrapped(|ui| {
-            if ui.button("Fit").on_hover_text("Fit the image to the canvas (0)").clicked() {
+            if ui
+                .button("Fit")
+                .on_hover_text("Fit the image to the canvas (0)")
+                .clicked()
+            {
                 self.commands.push(Command::Fit);
             }
-            if ui.button("1:1").on_hover_text("One image pixel per screen pixel (1)").clicked() {
+            if ui
+                .button("1:1")
+                .on_hover_text("One image pixel per screen pixel (1)")
+                .clicked()
+            {
                 self.commands.push(Command::OneToOne);
             }
             ui.separator();
-            ui.label("W/L").on_hover_text("Window/level of grey images; right-drag on the image to adjust");
+            ui.label("W/L")
+                .on_hover_text("Window/level of grey images; right-drag on the image to adjust");
             for (name, preset) in WINDOW_PRESETS {
-                if ui.selectable_label(self.canvas.window == preset, name).on_hover_text("Window/level preset for grey and DICOM images").clicked() {
+                if ui
+                    .selectable_label(self.canvas.window == preset, name)
+                    .on_hover_text("Window/level preset for grey and DICOM images")
+                    .clicked()
+                {
                     self.canvas.window = preset;
                 }
             }
             ui.separator();
             let l = &mut self.settings.layers;
-            ui.toggle_value(&mut l.detected, RichText::new("detected").color(canvas::DETECTED_COLOUR)).on_hover_text("Show the detected green ROI");
-            ui.toggle_value(&mut l.corrected, RichText::new("corrected").color(canvas::CORRECTED_COLOUR)).on_hover_text("Show the corrected box");
-            ui.toggle_value(&mut l.predicted, RichText::new("predicted").color(canvas::PREDICTED_COLOUR)).on_hover_text("Show the predicted box and its score");
-            ui.toggle_value(&mut l.marker_removed, "marker removed").on_hover_text("Show the image with the green outline removed (M)");
+            ui.toggle_value(
+                &mut l.detected,
+                RichText::new("detected").color(canvas::DETECTED_COLOUR),
+            )
+            .on_hover_text("Show the detected green ROI");
+            ui.toggle_value(
+                &mut l.corrected,
+                RichText::new("corrected").color(canvas::CORRECTED_COLOUR),
+            )
+            .on_hover_text("Show the corrected box");
+            ui.toggle_value(
+                &mut l.predicted,
+                RichText::new("predicted").color(canvas::PREDICTED_COLOUR),
+            )
+            .on_hover_text("Show the predicted box and its score");
+            ui.toggle_value(&mut l.marker_removed, "marker removed")
+                .on_hover_text("Show the image with the green outline removed (M)");
             ui.separator();
-            if ui.button("Reset to detected").on_hover_text("Set the corrected box to the detected one (D)").clicked() {
+            if ui
+                .button("Reset to detected")
+                .on_hover_text("Set the corrected box to the detected one (D)")
+                .clicked()
+            {
                 self.commands.push(Command::ResetToDetected);
             }
-            if ui.button("Delete box").on_hover_text("Remove the corrected box (Delete)").clicked() {
+            if ui
+                .button("Delete box")
+                .on_hover_text("Remove the corrected box (Delete)")
+                .clicked()
+            {
                 self.commands.push(Command::SetBox(None));
             }
             if ui.button("Undo").on_hover_text("Undo (Ctrl+Z)").clicked() {
                 self.commands.push(Command::Undo);
             }
-            if ui.button("Redo").on_hover_text("Redo (Ctrl+Shift+Z)").clicked() {
+            if ui
+                .button("Redo")
+                .on_hover_text("Redo (Ctrl+Shift+Z)")
+                .clicked()
+            {
                 self.commands.push(Command::Redo);
             }
         });
@@ -513,7 +682,9 @@ impl Workbench {
 
 fn describe(edit: &Edit) -> String {
     match edit {
-        Edit::SetBox { coords: Some(b), .. } => format!("box [{:.3}, {:.3}, {:.3}, {:.3}]", b[0], b[1], b[2], b[3]),
+        Edit::SetBox {
+            coords: Some(b), ..
+        } => format!("box [{:.3}, {:.3}, {:.3}, {:.3}]", b[0], b[1], b[2], b[3]),
         Edit::SetBox { coords: None, .. } => "box removed".into(),
         Edit::SetStatus { status } => format!("status {}", status.as_str()),
         Edit::SetField { name, .. } => format!("field {name}"),
@@ -541,14 +712,19 @@ impl eframe::App for App {
 /// (prepared into the user's data folder the first time).
 pub fn run() -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default().with_inner_size([1500.0, 950.0]).with_title("roiscope"),
+        viewport: egui::ViewportBuilder::default()
+            .with_inner_size([1500.0, 950.0])
+            .with_title("roiscope"),
         ..Default::default()
     };
     eframe::run_native(
         "roiscope",
         options,
         Box::new(|cc| {
-            let settings: Settings = cc.storage.and_then(|s| eframe::get_value(s, STORAGE_KEY)).unwrap_or_default();
+            let settings: Settings = cc
+                .storage
+                .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+                .unwrap_or_default();
             let mut workbench = Workbench::new(settings);
             match workbench.settings.project.clone() {
                 Some(dir) if dir.exists() => workbench.open_project(&dir),

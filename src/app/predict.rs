@@ -61,17 +61,23 @@ fn worker(jobs: Receiver<Job>, replies: Sender<Reply>) {
         let result = (|| -> anyhow::Result<Outcome> {
             if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
                 loaded = None;
-                let p = Pipeline::open(&job.model, &job.checkpoint, None, DType::F32, &Device::Cpu)?;
+                let p =
+                    Pipeline::open(&job.model, &job.checkpoint, None, DType::F32, &Device::Cpu)?;
                 calibrated = p.threshold;
                 loaded = Some((key.clone(), p));
             }
-            let Some((_, pipeline)) = loaded.as_mut() else { anyhow::bail!("no pipeline") };
+            let Some((_, pipeline)) = loaded.as_mut() else {
+                anyhow::bail!("no pipeline")
+            };
             pipeline.threshold = job.threshold.unwrap_or(calibrated);
             let image = load_rgb8(&job.image, LoadOptions::default())
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", job.image.display()))?;
             pipeline.run(&image, &job.question)
         })();
-        if replies.send((job.record, result.map_err(|e| format!("{e:#}")))).is_err() {
+        if replies
+            .send((job.record, result.map_err(|e| format!("{e:#}"))))
+            .is_err()
+        {
             return;
         }
         job.ctx.request_repaint();
@@ -85,7 +91,9 @@ impl PredictPanel {
             Some((id, Ok(o))) if *id == record.id => {
                 Some((o.roi.map(f64::from), Some(o.match_score as f64)))
             }
-            _ => record.get_box(BoxSource::Predicted).map(|b| (b.coords, b.confidence)),
+            _ => record
+                .get_box(BoxSource::Predicted)
+                .map(|b| (b.coords, b.confidence)),
         }
     }
 
@@ -98,7 +106,14 @@ impl PredictPanel {
         }
     }
 
-    fn request(&mut self, ctx: &egui::Context, record: &StoredRecord, image: PathBuf, model: &str, threshold: Option<f64>) {
+    fn request(
+        &mut self,
+        ctx: &egui::Context,
+        record: &StoredRecord,
+        image: PathBuf,
+        model: &str,
+        threshold: Option<f64>,
+    ) {
         if self.jobs.is_none() {
             let (jtx, jrx) = channel();
             let (rtx, rrx) = channel();
@@ -127,7 +142,10 @@ impl PredictPanel {
             self.running = Some(record.id);
         } else {
             self.jobs = None;
-            self.outcome = Some((record.id, Err("the prediction worker stopped; try again".into())));
+            self.outcome = Some((
+                record.id,
+                Err("the prediction worker stopped; try again".into()),
+            ));
         }
     }
 
@@ -165,9 +183,18 @@ impl PredictPanel {
         let ready = !model.trim().is_empty() && !self.checkpoint.trim().is_empty();
         let busy = self.running.is_some();
         if ui
-            .add_enabled(ready && !busy, egui::Button::new(if busy { "Running..." } else { "Run on this image" }))
+            .add_enabled(
+                ready && !busy,
+                egui::Button::new(if busy {
+                    "Running..."
+                } else {
+                    "Run on this image"
+                }),
+            )
             .on_hover_text("Run the model with this checkpoint on the record's marker-free image")
-            .on_disabled_hover_text("Give a model folder (Training tab) and a checkpoint; one run at a time")
+            .on_disabled_hover_text(
+                "Give a model folder (Training tab) and a checkpoint; one run at a time",
+            )
             .clicked()
         {
             let t = self.override_threshold.then_some(*threshold);
@@ -175,22 +202,54 @@ impl PredictPanel {
         }
         match &self.outcome {
             Some((id, Ok(o))) if *id == record.id => {
-                let colour = if o.verified { Color32::LIGHT_GREEN } else { Color32::from_rgb(240, 170, 60) };
-                ui.label(RichText::new(format!("match {:.3} (threshold {:.2}): {}", o.match_score, o.threshold, o.verdict())).color(colour));
+                let colour = if o.verified {
+                    Color32::LIGHT_GREEN
+                } else {
+                    Color32::from_rgb(240, 170, 60)
+                };
+                ui.label(
+                    RichText::new(format!(
+                        "match {:.3} (threshold {:.2}): {}",
+                        o.match_score,
+                        o.threshold,
+                        o.verdict()
+                    ))
+                    .color(colour),
+                );
                 ui.label(format!(
                     "box [{:.3}, {:.3}, {:.3}, {:.3}]",
                     o.roi[0], o.roi[1], o.roi[2], o.roi[3]
                 ));
+                let shown = if o.generated.trim().is_empty() {
+                    "(empty)"
+                } else {
+                    o.generated.as_str()
+                };
                 match o.released() {
-                    Some(text) => ui.label(text),
-                    None => ui.label(RichText::new(format!("withheld (unverified): {}", o.generated)).italics().weak()),
+                    Some(_) => ui.label(format!("diagnosis: {shown}")),
+                    None => ui.label(
+                        RichText::new(format!("withheld (unverified): {shown}"))
+                            .italics()
+                            .weak(),
+                    ),
                 };
                 ui.horizontal(|ui| {
-                    if ui.button("Use box as correction").on_hover_text("Set the corrected box to the predicted one (one undoable edit)").clicked() {
+                    if ui
+                        .button("Use box as correction")
+                        .on_hover_text(
+                            "Set the corrected box to the predicted one (one undoable edit)",
+                        )
+                        .clicked()
+                    {
                         commands.push(Command::SetBox(Some(o.roi.map(f64::from))));
                     }
-                    if ui.button("Copy").on_hover_text("Copy the box, score, verdict and diagnosis").clicked() {
-                        ui.ctx().copy_text(serde_json::to_string_pretty(o).unwrap_or_default());
+                    if ui
+                        .button("Copy")
+                        .on_hover_text("Copy the box, score, verdict and diagnosis")
+                        .clicked()
+                    {
+                        ui.ctx()
+                            .copy_text(serde_json::to_string_pretty(o).unwrap_or_default());
                     }
                 });
             }
@@ -205,9 +264,14 @@ impl PredictPanel {
                         b.coords[1],
                         b.coords[2],
                         b.coords[3],
-                        b.confidence.map_or(String::new(), |s| format!(", score {s:.3}"))
+                        b.confidence
+                            .map_or(String::new(), |s| format!(", score {s:.3}"))
                     ));
-                    if ui.button("Use box as correction").on_hover_text("Set the corrected box to the stored predicted one").clicked() {
+                    if ui
+                        .button("Use box as correction")
+                        .on_hover_text("Set the corrected box to the stored predicted one")
+                        .clicked()
+                    {
                         commands.push(Command::SetBox(Some(b.coords)));
                     }
                 }

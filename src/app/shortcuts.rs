@@ -9,7 +9,8 @@ use super::{Command, Tab};
 pub fn read(ctx: &egui::Context, tab: Tab, commands: &mut Vec<Command>) {
     let typing = ctx.egui_wants_keyboard_input();
     ctx.input_mut(|i| {
-        if i.consume_key(Modifiers::NONE, Key::F1) || (!typing && i.consume_key(Modifiers::SHIFT, Key::Questionmark))
+        if i.consume_key(Modifiers::NONE, Key::F1)
+            || (!typing && i.consume_key(Modifiers::SHIFT, Key::Questionmark))
             || (!typing && i.consume_key(Modifiers::NONE, Key::Questionmark))
         {
             commands.push(Command::ToggleHelp);
@@ -17,7 +18,9 @@ pub fn read(ctx: &egui::Context, tab: Tab, commands: &mut Vec<Command>) {
         if typing {
             return;
         }
-        if i.consume_key(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z) || i.consume_key(Modifiers::COMMAND, Key::Y) {
+        if i.consume_key(Modifiers::COMMAND | Modifiers::SHIFT, Key::Z)
+            || i.consume_key(Modifiers::COMMAND, Key::Y)
+        {
             commands.push(Command::Redo);
         }
         if i.consume_key(Modifiers::COMMAND, Key::Z) {
@@ -32,9 +35,18 @@ pub fn read(ctx: &egui::Context, tab: Tab, commands: &mut Vec<Command>) {
             (Key::PageUp, Command::Step(-1)),
             (Key::K, Command::Step(-1)),
             (Key::N, Command::NextUnreviewed),
-            (Key::A, Command::Review(crate::data::store::ReviewStatus::Accepted)),
-            (Key::R, Command::Review(crate::data::store::ReviewStatus::Rejected)),
-            (Key::F, Command::Review(crate::data::store::ReviewStatus::NeedsFix)),
+            (
+                Key::A,
+                Command::Review(crate::data::store::ReviewStatus::Accepted),
+            ),
+            (
+                Key::R,
+                Command::Review(crate::data::store::ReviewStatus::Rejected),
+            ),
+            (
+                Key::F,
+                Command::Review(crate::data::store::ReviewStatus::NeedsFix),
+            ),
             (Key::Delete, Command::SetBox(None)),
             (Key::Backspace, Command::SetBox(None)),
             (Key::D, Command::ResetToDetected),
@@ -49,7 +61,12 @@ pub fn read(ctx: &egui::Context, tab: Tab, commands: &mut Vec<Command>) {
             }
         }
         // Arrows: move; with Ctrl resize; Shift makes a step 10 px.
-        for (key, dx, dy) in [(Key::ArrowLeft, -1.0, 0.0), (Key::ArrowRight, 1.0, 0.0), (Key::ArrowUp, 0.0, -1.0), (Key::ArrowDown, 0.0, 1.0)] {
+        for (key, dx, dy) in [
+            (Key::ArrowLeft, -1.0, 0.0),
+            (Key::ArrowRight, 1.0, 0.0),
+            (Key::ArrowUp, 0.0, -1.0),
+            (Key::ArrowDown, 0.0, 1.0),
+        ] {
             for (mods, resize, step) in [
                 // Most specific first: a plain-key match would also take Shift+key.
                 (Modifiers::COMMAND | Modifiers::SHIFT, true, 10.0),
@@ -58,7 +75,11 @@ pub fn read(ctx: &egui::Context, tab: Tab, commands: &mut Vec<Command>) {
                 (Modifiers::NONE, false, 1.0),
             ] {
                 if i.consume_key(mods, key) {
-                    commands.push(Command::Nudge { dx: dx * step, dy: dy * step, resize });
+                    commands.push(Command::Nudge {
+                        dx: dx * step,
+                        dy: dy * step,
+                        resize,
+                    });
                 }
             }
         }

@@ -68,15 +68,20 @@ impl Curves {
 
     /// Reads the step events of a `metrics.jsonl` (lines that are not step events are skipped).
     pub fn from_metrics(path: &Path) -> anyhow::Result<Curves> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let mut curves = Curves::default();
         for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
             if v["event"] != "step" {
                 continue;
             }
             let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-            let arr = |k: &str| -> [f64; 3] { std::array::from_fn(|i| v[k][i].as_f64().unwrap_or(f64::NAN)) };
+            let arr = |k: &str| -> [f64; 3] {
+                std::array::from_fn(|i| v[k][i].as_f64().unwrap_or(f64::NAN))
+            };
             curves.push(&Event::Step {
                 step: num("step") as usize,
                 total_steps: num("total_steps") as usize,
@@ -144,7 +149,10 @@ impl Default for TrainingPanel {
     fn default() -> Self {
         TrainingPanel {
             // Small, fast defaults for a workstation run; the user raises them.
-            config: TrainConfig { epochs: 1, ..TrainConfig::default() },
+            config: TrainConfig {
+                epochs: 1,
+                ..TrainConfig::default()
+            },
             devices: "cpu".into(),
             run: None,
             curves: Curves::default(),
@@ -159,19 +167,32 @@ impl Default for TrainingPanel {
 
 /// Builds a trainer as `roiscope train` does: the project's train split, the model folder on the
 /// first device (bf16 base weights on a GPU, f32 on the CPU), fresh adapters and heads.
-pub fn new_trainer(project: &Path, model: &Path, config: TrainConfig, devices: &str, out: &Path) -> anyhow::Result<Trainer> {
+pub fn new_trainer(
+    project: &Path,
+    model: &Path,
+    config: TrainConfig,
+    devices: &str,
+    out: &Path,
+) -> anyhow::Result<Trainer> {
     let devices = devices::parse(devices)?;
     let first = devices[0].open()?;
     let project = Project::open(project)?;
     let examples = load_examples(&project, Split::Train)?;
-    let dtype = if first.is_cuda() { DType::BF16 } else { DType::F32 };
-    let folder = ModelFolder::open(model, dtype, &first).with_context(|| format!("cannot load the model folder {}", model.display()))?;
+    let dtype = if first.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let folder = ModelFolder::open(model, dtype, &first)
+        .with_context(|| format!("cannot load the model folder {}", model.display()))?;
     Trainer::new(config, folder, examples, out, &devices)
 }
 
 /// A new run folder under the project's `runs/`.
 fn new_run_dir(project: &Path) -> PathBuf {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let base = project.join("runs");
     let mut dir = base.join(format!("run-{secs}"));
     let mut n = 1;
@@ -192,13 +213,19 @@ impl TrainingPanel {
         let dir = new_run_dir(project);
         let (control_tx, control_rx) = channel();
         let (ui_tx, ui_rx) = channel();
-        let (project, model, config, devices, out) =
-            (project.to_path_buf(), model.to_path_buf(), self.config.clone(), self.devices.clone(), dir.clone());
+        let (project, model, config, devices, out) = (
+            project.to_path_buf(),
+            model.to_path_buf(),
+            self.config.clone(),
+            self.devices.clone(),
+            dir.clone(),
+        );
         let ctx = ctx.clone();
         std::thread::spawn(move || {
             let result = (|| -> anyhow::Result<()> {
                 config.validate()?;
-                std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+                std::fs::create_dir_all(&out)
+                    .with_context(|| format!("cannot create {}", out.display()))?;
                 let mut trainer = new_trainer(&project, &model, config, &devices, &out)?;
                 let (tx, rx) = channel();
                 let metrics_path = out.join("metrics.jsonl");
@@ -214,15 +241,26 @@ impl TrainingPanel {
                 run.or(Ok(()))
             })();
             if let Err(e) = result {
-                let _ = ui_tx.send(Event::Error { message: format!("{e:#}") });
+                // A run that never started leaves no folder behind (only removed when empty).
+                let _ = std::fs::remove_dir(&out);
+                let _ = ui_tx.send(Event::Error {
+                    message: format!("{e:#}"),
+                });
             }
             ctx.request_repaint();
         });
         self.curves = Curves::default();
         self.showing = Some(dir.clone());
         self.state = RunState::Loading;
-        self.log.push(format!("starting a run in {}", dir.display()));
-        self.run = Some(ActiveRun { dir, control: control_tx, events: ui_rx, paused: false, ended: false });
+        self.log
+            .push(format!("starting a run in {}", dir.display()));
+        self.run = Some(ActiveRun {
+            dir,
+            control: control_tx,
+            events: ui_rx,
+            paused: false,
+            ended: false,
+        });
     }
 
     pub fn pause_or_resume(&mut self) {
@@ -230,7 +268,11 @@ impl TrainingPanel {
             if run.ended {
                 return;
             }
-            let _ = run.control.send(if run.paused { Control::Resume } else { Control::Pause });
+            let _ = run.control.send(if run.paused {
+                Control::Resume
+            } else {
+                Control::Pause
+            });
         }
     }
 
@@ -250,9 +292,17 @@ impl TrainingPanel {
                 Ok(event) => {
                     self.curves.push(&event);
                     match &event {
-                        Event::Started { examples, total_steps, devices, .. } => {
+                        Event::Started {
+                            examples,
+                            total_steps,
+                            devices,
+                            ..
+                        } => {
                             self.state = RunState::Running;
-                            self.log.push(format!("{examples} examples, {total_steps} steps on {}", devices.join(", ")));
+                            self.log.push(format!(
+                                "{examples} examples, {total_steps} steps on {}",
+                                devices.join(", ")
+                            ));
                         }
                         Event::Step { .. } => {
                             if self.state == RunState::Loading {
@@ -269,10 +319,13 @@ impl TrainingPanel {
                             self.state = RunState::Running;
                             self.log.push(format!("resumed at step {step}"));
                         }
-                        Event::Checkpoint { step, dir } => self.log.push(format!("step {step}: checkpoint {}", dir.display())),
+                        Event::Checkpoint { step, dir } => self
+                            .log
+                            .push(format!("step {step}: checkpoint {}", dir.display())),
                         Event::Warning { message } => self.log.push(format!("warning: {message}")),
                         Event::Stopped { step } => {
-                            self.state = RunState::Ended(format!("stopped and saved at step {step}"));
+                            self.state =
+                                RunState::Ended(format!("stopped and saved at step {step}"));
                         }
                         Event::Finished { step } => {
                             self.state = RunState::Ended(format!("finished after {step} steps"));
@@ -286,7 +339,13 @@ impl TrainingPanel {
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     run.ended = true;
-                    if matches!(self.state, RunState::Loading | RunState::Running | RunState::Paused | RunState::Stopping) {
+                    if matches!(
+                        self.state,
+                        RunState::Loading
+                            | RunState::Running
+                            | RunState::Paused
+                            | RunState::Stopping
+                    ) {
                         self.state = RunState::Ended("the training thread ended".into());
                     }
                     // The new run's folder joins the list.
@@ -303,7 +362,12 @@ impl TrainingPanel {
         }
         self.runs_of = Some(project.to_path_buf());
         let mut runs: Vec<PathBuf> = std::fs::read_dir(project.join("runs"))
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.join("metrics.jsonl").is_file()).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("metrics.jsonl").is_file())
+                    .collect()
+            })
             .unwrap_or_default();
         runs.sort();
         runs.reverse();
@@ -314,14 +378,24 @@ impl TrainingPanel {
         self.run.as_ref().is_some_and(|r| !r.ended)
     }
 
-    pub fn ui(&mut self, ui: &mut Ui, project: Option<&Path>, model_folder: &mut String, smoothing: &mut f64) {
+    pub fn ui(
+        &mut self,
+        ui: &mut Ui,
+        project: Option<&Path>,
+        model_folder: &mut String,
+        smoothing: &mut f64,
+    ) {
         self.poll();
         if let Some(p) = project {
             self.refresh_runs(p);
         }
-        egui::Panel::left("train-settings").resizable(true).default_size(300.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| self.settings_ui(ui, project, model_folder));
-        });
+        egui::Panel::left("train-settings")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical()
+                    .show(ui, |ui| self.settings_ui(ui, project, model_folder));
+            });
         egui::CentralPanel::default().show(ui, |ui| self.plots_ui(ui, smoothing));
     }
 
@@ -376,9 +450,15 @@ impl TrainingPanel {
             RunState::Loading => ("loading the model…".to_string(), egui::Color32::LIGHT_BLUE),
             RunState::Running => ("running".to_string(), egui::Color32::LIGHT_GREEN),
             RunState::Paused => ("paused".to_string(), egui::Color32::YELLOW),
-            RunState::Stopping => ("stopping: saving a checkpoint…".to_string(), egui::Color32::YELLOW),
+            RunState::Stopping => (
+                "stopping: saving a checkpoint…".to_string(),
+                egui::Color32::YELLOW,
+            ),
             RunState::Ended(s) => (s.clone(), egui::Color32::LIGHT_GREEN),
-            RunState::Failed(e) => (format!("failed: {e}"), egui::Color32::from_rgb(255, 120, 120)),
+            RunState::Failed(e) => (
+                format!("failed: {e}"),
+                egui::Color32::from_rgb(255, 120, 120),
+            ),
         };
         ui.label(RichText::new(text).color(colour));
         ui.separator();
@@ -388,9 +468,16 @@ impl TrainingPanel {
         }
         let mut load = None;
         for run in &self.runs {
-            let name = run.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = run
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let shown = self.showing.as_deref() == Some(run.as_path());
-            if ui.selectable_label(shown, &name).on_hover_text("Show this run's curves (from its metrics.jsonl)").clicked() {
+            if ui
+                .selectable_label(shown, &name)
+                .on_hover_text("Show this run's curves (from its metrics.jsonl)")
+                .clicked()
+            {
                 load = Some(run.clone());
             }
         }
@@ -404,7 +491,8 @@ impl TrainingPanel {
                     Err(e) => self.log.push(format!("{e:#}")),
                 }
             } else {
-                self.log.push("a run is in progress; its curves stay on screen".into());
+                self.log
+                    .push("a run is in progress; its curves stay on screen".into());
             }
         }
         ui.separator();
@@ -416,13 +504,21 @@ impl TrainingPanel {
     fn plots_ui(&mut self, ui: &mut Ui, smoothing: &mut f64) {
         let c = &self.curves;
         let step = c.steps.last().copied().unwrap_or(0.0);
-        let fraction = if c.total_steps > 0 { step as f32 / c.total_steps as f32 } else { 0.0 };
-        ui.add(egui::ProgressBar::new(fraction).show_percentage().text(format!(
-            "step {step:.0} of {} · ETA {} · {:.2} samples/s",
-            c.total_steps,
-            format_eta(c.eta_seconds),
-            c.samples_per_second
-        )))
+        let fraction = if c.total_steps > 0 {
+            step as f32 / c.total_steps as f32
+        } else {
+            0.0
+        };
+        ui.add(
+            egui::ProgressBar::new(fraction)
+                .show_percentage()
+                .text(format!(
+                    "step {step:.0} of {} · ETA {} · {:.2} samples/s",
+                    c.total_steps,
+                    format_eta(c.eta_seconds),
+                    c.samples_per_second
+                )),
+        )
         .on_hover_text("Progress of the run shown below");
         ui.horizontal(|ui| {
             ui.add(egui::Slider::new(smoothing, 0.0..=0.99).text("smoothing"))
@@ -445,7 +541,8 @@ impl TrainingPanel {
         };
         ui.horizontal(|ui| {
             ui.vertical(|ui| {
-                ui.label(RichText::new("Raw loss per task").strong()).on_hover_text("L_i for roi, match and lm");
+                ui.label(RichText::new("Raw loss per task").strong())
+                    .on_hover_text("L_i for roi, match and lm");
                 plot("raw", "loss").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
                         p.line(Line::new(*t, series(&c.loss[i])));
@@ -466,7 +563,9 @@ impl TrainingPanel {
         ui.horizontal(|ui| {
             ui.vertical(|ui| {
                 ui.label(RichText::new("Learned task weights exp(-s_i)").strong())
-                    .on_hover_text("How much each task counts; learned with the uncertainty weighting");
+                    .on_hover_text(
+                        "How much each task counts; learned with the uncertainty weighting",
+                    );
                 plot("precision", "exp(-s)").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
                         p.line(Line::new(format!("{t} weight"), series(&c.precision[i])));
@@ -474,10 +573,17 @@ impl TrainingPanel {
                 });
             });
             ui.vertical(|ui| {
-                ui.label(RichText::new("Learning rate").strong()).on_hover_text("LoRA and heads parameter groups (warmup, cosine)");
+                ui.label(RichText::new("Learning rate").strong())
+                    .on_hover_text("LoRA and heads parameter groups (warmup, cosine)");
                 plot("lr", "lr").show(ui, |p| {
-                    p.line(Line::new("lr lora", PlotPoints::from(smooth(&c.steps, &c.lr_lora, 0.0))));
-                    p.line(Line::new("lr heads", PlotPoints::from(smooth(&c.steps, &c.lr_heads, 0.0))));
+                    p.line(Line::new(
+                        "lr lora",
+                        PlotPoints::from(smooth(&c.steps, &c.lr_lora, 0.0)),
+                    ));
+                    p.line(Line::new(
+                        "lr heads",
+                        PlotPoints::from(smooth(&c.steps, &c.lr_heads, 0.0)),
+                    ));
                 });
             });
         });
@@ -533,7 +639,10 @@ fn devices_found() -> String {
     if cfg!(feature = "cuda") {
         "cpu, cuda (see --devices)".into()
     } else {
-        format!("cpu ({} cores)", std::thread::available_parallelism().map_or(1, |n| n.get()))
+        format!(
+            "cpu ({} cores)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
     }
 }
 
@@ -568,11 +677,22 @@ pub fn smooth(x: &[f64], y: &[f64], alpha: f64) -> Vec<[f64; 2]> {
 
 /// Writes each event to the metrics file (with a time stamp, as `roiscope train` does) and hands
 /// it to the UI, waking it.
-fn forward_events(rx: Receiver<Event>, metrics_path: &Path, ui: &Sender<Event>, ctx: &egui::Context) {
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(metrics_path).ok();
+fn forward_events(
+    rx: Receiver<Event>,
+    metrics_path: &Path,
+    ui: &Sender<Event>,
+    ctx: &egui::Context,
+) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(metrics_path)
+        .ok();
     for event in rx {
         if let (Some(f), Ok(mut line)) = (file.as_mut(), serde_json::to_value(&event)) {
-            line["time"] = serde_json::json!(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+            line["time"] = serde_json::json!(SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()));
             // A full disk must not stop the run; the UI still gets the event.
             if writeln!(f, "{line}").and_then(|()| f.flush()).is_err() {
                 file = None;
