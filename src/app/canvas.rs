@@ -59,6 +59,9 @@ enum Drag {
     WindowLevel,
 }
 
+/// The window/level texture of the shown image: the window, the image's identity, the texture.
+type Windowed = ((f32, f32), (i64, bool), TextureHandle);
+
 pub struct Canvas {
     /// Screen points per image pixel.
     zoom: f32,
@@ -72,7 +75,7 @@ pub struct Canvas {
     draft: Option<PxBox>,
     /// Window centre and width on the 0-255 display scale; `None`: the pixels as they are.
     pub window: Option<(f32, f32)>,
-    windowed: Option<((f32, f32), (i64, bool), TextureHandle)>,
+    windowed: Option<Windowed>,
     /// The last canvas rectangle, for tests and screen-to-image mapping.
     pub rect: Rect,
 }

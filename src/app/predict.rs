@@ -28,6 +28,7 @@ struct Job {
 
 type Reply = (i64, Result<Outcome, String>);
 
+#[derive(Default)]
 pub struct PredictPanel {
     /// A checkpoint folder, or a run folder meaning its latest checkpoint.
     pub checkpoint: String,
@@ -37,19 +38,6 @@ pub struct PredictPanel {
     pub running: Option<i64>,
     /// The last outcome, for the record it was made on.
     pub outcome: Option<(i64, Result<Outcome, String>)>,
-}
-
-impl Default for PredictPanel {
-    fn default() -> Self {
-        PredictPanel {
-            checkpoint: String::new(),
-            override_threshold: false,
-            jobs: None,
-            replies: None,
-            running: None,
-            outcome: None,
-        }
-    }
 }
 
 /// The worker: keeps the last pipeline while the model and checkpoint stay the same.

@@ -71,3 +71,38 @@ impl Settings {
         self.project = Some(dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_from_an_older_or_partial_file_keep_their_defaults() {
+        // A file written before a field existed still loads; the new field takes its default.
+        let s: Settings =
+            serde_json::from_str(r#"{"model_folder": "/m", "layers": {"predicted": false}}"#)
+                .unwrap();
+        assert_eq!(s.model_folder, "/m");
+        assert!(!s.layers.predicted && s.layers.detected);
+        assert_eq!(s.verify_threshold, Settings::default().verify_threshold);
+    }
+
+    #[test]
+    fn recent_projects_are_unique_newest_first_and_bounded() {
+        let mut s = Settings::default();
+        for i in 0..12 {
+            s.remember(PathBuf::from(format!("/p{i}")));
+        }
+        s.remember(PathBuf::from("/p5"));
+        assert_eq!(s.recent.len(), MAX_RECENT);
+        assert_eq!(s.recent[0], PathBuf::from("/p5"));
+        assert_eq!(
+            s.recent
+                .iter()
+                .filter(|p| p.as_path() == std::path::Path::new("/p5"))
+                .count(),
+            1
+        );
+        assert_eq!(s.project, Some(PathBuf::from("/p5")));
+    }
+}
