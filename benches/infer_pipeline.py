@@ -108,7 +108,10 @@ def worker(args):
             text = tok.decode([i for i in new if i < eot], skip_special_tokens=False).strip()
             full = tok.encode(prompt + text + "<|im_end|>\n", add_special_tokens=False).ids
             v = inputs_for(full, px)
-            hidden = model(**v, output_hidden_states=True).hidden_states[-1].float()
+            # logits_to_keep=1: no LM-head product over every position (roiscope's verify has
+            # none either).
+            hidden = model(**v, output_hidden_states=True,
+                           logits_to_keep=1).hidden_states[-1].float()
             score = match(hidden, v["attention_mask"])
             t4 = time.perf_counter()
         results.append({"image": str(path), "roi": box, "match_score": score, "text": text,
