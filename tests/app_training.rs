@@ -166,3 +166,47 @@ fn a_model_folder_that_does_not_load_is_shown_and_the_app_lives() {
     h.run_steps(2);
     assert!(h.state().record.is_some());
 }
+
+/// Frame time with 10,000 points on each of the 13 curves (the responsiveness case): the
+/// UI pass stays far under a frame budget. The bound is loose (shared 2-core CI machines); the
+/// measured time is printed and recorded in BENCHMARKS.md.
+#[test]
+fn ten_thousand_points_per_curve_keep_frames_fast() {
+    use roiscope::train::trainer::Event;
+    let mut wb = Workbench::new(Settings::default());
+    wb.tab = Tab::Training;
+    for step in 1..=10_000usize {
+        let x = step as f64;
+        wb.training.curves.push(&Event::Step {
+            step,
+            total_steps: 10_000,
+            epoch: 0,
+            loss: [1.0 / x.sqrt(), 0.7 / x.sqrt(), 9.0 / x.ln().max(1.0)],
+            weighted: [0.5 / x.sqrt(), 0.3 / x.sqrt(), 4.0 / x.ln().max(1.0)],
+            precision: [1.0, 1.0 + x * 1e-5, 1.0 - x * 1e-5],
+            total: 5.0 / x.ln().max(1.0),
+            lr_lora: 1e-4,
+            lr_heads: 1e-3,
+            grad_norm: 1.0,
+            negatives: 1,
+            samples_per_second: 2.0,
+            tokens_per_second: 100.0,
+            eta_seconds: 10.0,
+        });
+    }
+    let mut h = Harness::builder()
+        .with_size(Vec2::new(1500.0, 950.0))
+        .build_ui_state(|ui, wb: &mut Workbench| wb.ui(ui), wb);
+    h.run_steps(3);
+    let mut times: Vec<Duration> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            h.step();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    let (median, worst) = (times[times.len() / 2], times[times.len() - 1]);
+    eprintln!("UI pass with 13 curves x 10,000 points: median {median:?}, worst {worst:?}");
+    assert!(worst < Duration::from_millis(500), "worst frame {worst:?}");
+}
