@@ -288,6 +288,16 @@ fn filters_narrow_the_list() {
     h.run_steps(2);
     let shown = h.state().browser.visible(&h.state().rows).len();
     assert!(shown >= 1 && shown < all, "{shown} of {all}");
+
+    // Sorting by status puts the unreviewed records first; PageDown follows the sorted list.
+    h.state_mut().browser.filters.text.clear();
+    h.state_mut().browser.sort = roiscope::app::browser::SortBy::Status;
+    h.run_steps(2);
+    let order = h.state().browser.visible(&h.state().rows);
+    let statuses: Vec<_> = order.iter().map(|&i| h.state().rows[i].status).collect();
+    assert_eq!(statuses[0], ReviewStatus::Unreviewed);
+    assert_eq!(*statuses.last().unwrap(), ReviewStatus::NeedsFix);
+    assert_eq!(order.len(), all);
 }
 
 #[test]

@@ -84,17 +84,53 @@ impl Filters {
     }
 }
 
+/// The list's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortBy {
+    #[default]
+    Id,
+    Image,
+    Status,
+    Diagnosis,
+}
+
+impl SortBy {
+    pub const ALL: [(SortBy, &'static str); 4] = [
+        (SortBy::Id, "by id"),
+        (SortBy::Image, "by image"),
+        (SortBy::Status, "by status"),
+        (SortBy::Diagnosis, "by diagnosis"),
+    ];
+    fn name(self) -> &'static str {
+        SortBy::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("", |(_, n)| n)
+    }
+}
+
 #[derive(Default)]
 pub struct Browser {
     pub filters: Filters,
+    pub sort: SortBy,
 }
 
 impl Browser {
     /// Indices into `rows` that pass the filters.
+    /// Indices into `rows` that pass the filters, in the chosen order (ties by id).
     pub fn visible(&self, rows: &[Row]) -> Vec<usize> {
-        (0..rows.len())
+        let mut v: Vec<usize> = (0..rows.len())
             .filter(|&i| self.filters.matches(&rows[i]))
-            .collect()
+            .collect();
+        match self.sort {
+            SortBy::Id => {}
+            SortBy::Image => v.sort_by(|&a, &b| rows[a].image.cmp(&rows[b].image)),
+            SortBy::Status => {
+                v.sort_by_key(|&i| ReviewStatus::ALL.iter().position(|s| *s == rows[i].status))
+            }
+            SortBy::Diagnosis => v.sort_by(|&a, &b| rows[a].diagnosis.cmp(&rows[b].diagnosis)),
+        }
+        v
     }
 
     pub fn ui(
@@ -150,6 +186,15 @@ impl Browser {
                 })
                 .response
                 .on_hover_text("Filter by whether the record has a detected or corrected box");
+            egui::ComboBox::from_id_salt("sort")
+                .selected_text(self.sort.name())
+                .show_ui(ui, |ui| {
+                    for (s, name) in SortBy::ALL {
+                        ui.selectable_value(&mut self.sort, s, name);
+                    }
+                })
+                .response
+                .on_hover_text("Order of the list (PageDown/PageUp follow it)");
         });
         let visible = self.visible(rows);
         let count = |s: ReviewStatus| rows.iter().filter(|r| r.status == s).count();
