@@ -113,6 +113,9 @@ impl SortBy {
 pub struct Browser {
     pub filters: Filters,
     pub sort: SortBy,
+    /// A row (index into the rows) to bring into view on the next frame, after the keyboard
+    /// moved the selection.
+    pub scroll_to: Option<usize>,
 }
 
 impl Browser {
@@ -212,80 +215,80 @@ impl Browser {
         );
         ui.separator();
         let row_height = THUMB_SIZE as f32 * 0.75 + 8.0;
-        egui::ScrollArea::vertical()
-            .auto_shrink([false, false])
-            .show_rows(ui, row_height, visible.len(), |ui, range| {
-                for &i in &visible[range] {
-                    let row = &rows[i];
-                    let selected = current == Some(i);
-                    ui.horizontal(|ui| {
-                        ui.set_min_height(row_height - 4.0);
-                        let thumb = THUMB_SIZE as f32 * 0.75;
-                        let key = ImageKey {
-                            path: row.thumb.clone(),
-                            thumb: true,
-                        };
-                        let (rect, _) = ui.allocate_exact_size(Vec2::splat(thumb), Sense::hover());
-                        match images.get(ui.ctx(), &key) {
-                            Slot::Ready(d) => {
-                                let size = d.texture.size_vec2();
-                                let scale = (thumb / size.x.max(size.y)).min(1.0);
-                                let r = egui::Rect::from_center_size(rect.center(), size * scale);
-                                ui.painter().image(
-                                    d.texture.id(),
-                                    r,
-                                    egui::Rect::from_min_max(
-                                        egui::Pos2::ZERO,
-                                        egui::pos2(1.0, 1.0),
-                                    ),
-                                    Color32::WHITE,
-                                );
-                            }
-                            Slot::Loading => {
-                                ui.painter().rect_filled(rect, 2.0, Color32::from_gray(50));
-                            }
-                            Slot::Failed(_) => {
-                                ui.painter()
-                                    .rect_filled(rect, 2.0, Color32::from_rgb(90, 25, 25));
-                                ui.painter().text(
-                                    rect.center(),
-                                    egui::Align2::CENTER_CENTER,
-                                    "!",
-                                    egui::FontId::proportional(18.0),
-                                    Color32::WHITE,
-                                );
-                            }
+        let mut area = egui::ScrollArea::vertical().auto_shrink([false, false]);
+        if let Some(pos) = self
+            .scroll_to
+            .take()
+            .and_then(|r| visible.iter().position(|&v| v == r))
+        {
+            // Rows are laid out at a fixed pitch; keep a few rows above the selected one.
+            let pitch = row_height + ui.spacing().item_spacing.y;
+            area = area.vertical_scroll_offset((pos as f32 - 3.0).max(0.0) * pitch);
+        }
+        area.show_rows(ui, row_height, visible.len(), |ui, range| {
+            for &i in &visible[range] {
+                let row = &rows[i];
+                let selected = current == Some(i);
+                ui.horizontal(|ui| {
+                    ui.set_min_height(row_height - 4.0);
+                    let thumb = THUMB_SIZE as f32 * 0.75;
+                    let key = ImageKey {
+                        path: row.thumb.clone(),
+                        thumb: true,
+                    };
+                    let (rect, _) = ui.allocate_exact_size(Vec2::splat(thumb), Sense::hover());
+                    match images.get(ui.ctx(), &key) {
+                        Slot::Ready(d) => {
+                            let size = d.texture.size_vec2();
+                            let scale = (thumb / size.x.max(size.y)).min(1.0);
+                            let r = egui::Rect::from_center_size(rect.center(), size * scale);
+                            ui.painter().image(
+                                d.texture.id(),
+                                r,
+                                egui::Rect::from_min_max(egui::Pos2::ZERO, egui::pos2(1.0, 1.0)),
+                                Color32::WHITE,
+                            );
                         }
-                        ui.vertical(|ui| {
-                            let name = row.image.rsplit('/').next().unwrap_or(&row.image);
-                            let text = RichText::new(format!("#{} {name}", row.id));
-                            ui.selectable_label(
-                                selected,
-                                if selected { text.strong() } else { text },
-                            )
+                        Slot::Loading => {
+                            ui.painter().rect_filled(rect, 2.0, Color32::from_gray(50));
+                        }
+                        Slot::Failed(_) => {
+                            ui.painter()
+                                .rect_filled(rect, 2.0, Color32::from_rgb(90, 25, 25));
+                            ui.painter().text(
+                                rect.center(),
+                                egui::Align2::CENTER_CENTER,
+                                "!",
+                                egui::FontId::proportional(18.0),
+                                Color32::WHITE,
+                            );
+                        }
+                    }
+                    ui.vertical(|ui| {
+                        let name = row.image.rsplit('/').next().unwrap_or(&row.image);
+                        let text = RichText::new(format!("#{} {name}", row.id));
+                        ui.selectable_label(selected, if selected { text.strong() } else { text })
                             .on_hover_text(&row.diagnosis)
                             .clicked()
                             .then(|| commands.push(Command::Select(i)));
-                            ui.horizontal(|ui| {
-                                ui.label(
-                                    RichText::new(row.status.as_str())
-                                        .small()
-                                        .color(status_colour(row.status)),
-                                );
-                                ui.label(
-                                    RichText::new(row.split.map_or("-", Split::as_str)).small(),
-                                );
-                                let boxes = match (row.has_box, row.corrected) {
-                                    (_, true) => "corrected",
-                                    (true, false) => "box",
-                                    (false, false) => "no box",
-                                };
-                                ui.label(RichText::new(boxes).small());
-                            });
+                        ui.horizontal(|ui| {
+                            ui.label(
+                                RichText::new(row.status.as_str())
+                                    .small()
+                                    .color(status_colour(row.status)),
+                            );
+                            ui.label(RichText::new(row.split.map_or("-", Split::as_str)).small());
+                            let boxes = match (row.has_box, row.corrected) {
+                                (_, true) => "corrected",
+                                (true, false) => "box",
+                                (false, false) => "no box",
+                            };
+                            ui.label(RichText::new(boxes).small());
                         });
                     });
-                }
-            });
+                });
+            }
+        });
     }
 }
 

@@ -278,6 +278,7 @@ impl Workbench {
                     None => 0,
                 };
                 self.select(visible[next]);
+                self.browser.scroll_to = Some(visible[next]);
             }
             Command::NextUnreviewed => {
                 let start = self.current.map_or(0, |c| c + 1);
@@ -286,7 +287,10 @@ impl Workbench {
                     self.rows[i].status == ReviewStatus::Unreviewed && Some(i) != self.current
                 });
                 match found {
-                    Some(i) => self.select(i),
+                    Some(i) => {
+                        self.select(i);
+                        self.browser.scroll_to = Some(i);
+                    }
                     None => self.message = Some(("every record is reviewed".into(), false)),
                 }
             }
