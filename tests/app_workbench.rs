@@ -223,10 +223,10 @@ fn switch_records_edit_a_field_and_review() {
         .to_string();
     h.get_by_role_and_label(Role::MultilineTextInput, "Modality")
         .focus();
-    h.run();
+    h.run_steps(3);
     h.get_by_role_and_label(Role::MultilineTextInput, "Modality")
         .type_text(" 复核");
-    h.run();
+    h.run_steps(3);
     h.key_press(Key::Escape);
     h.run_steps(3);
     let p = Project::open(&project).unwrap();
@@ -282,7 +282,7 @@ fn filters_narrow_the_list() {
     assert_eq!(h.state().browser.visible(&h.state().rows).len(), 3);
     h.state_mut().browser.filters.boxes = roiscope::app::browser::BoxFilter::Any;
     h.get_by_role_and_label(Role::TextInput, "Search").focus();
-    h.run();
+    h.run_steps(3);
     h.get_by_role_and_label(Role::TextInput, "Search")
         .type_text("retina");
     h.run_steps(2);
@@ -349,4 +349,30 @@ fn a_missing_project_is_a_message_not_a_crash() {
     assert!(error && msg.contains("not a roiscope project"), "{msg}");
     // The open project stays usable.
     assert!(h.state().project.is_some() && h.state().record.is_some());
+}
+
+#[test]
+fn a_new_project_is_prepared_in_the_background_and_opened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut h = harness(&project);
+    let sample = roiscope::data::sample::sample_dir();
+    let fresh = tmp.path().join("fresh");
+    {
+        let np = &mut h.state_mut().new_project;
+        np.open = true;
+        np.input = sample.join("raw_data.json").display().to_string();
+        np.images = sample.display().to_string();
+        np.project = fresh.display().to_string();
+    }
+    h.run_steps(2);
+    h.get_by_label("Create").click();
+    h.run_steps(2);
+    step_until(&mut h, "the import", Duration::from_secs(120), |wb| {
+        wb.project
+            .as_ref()
+            .is_some_and(|p| p.dir() == fresh.as_path())
+    });
+    assert_eq!(h.state().rows.len(), 24);
+    assert!(matches!(&h.state().new_project.result, Some(Ok(m)) if m.contains("24 records kept")));
 }

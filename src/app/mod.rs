@@ -12,6 +12,7 @@ pub mod fields;
 pub mod fonts;
 pub mod help;
 pub mod images;
+pub mod new_project;
 pub mod predict;
 pub mod sample;
 pub mod settings;
@@ -93,6 +94,7 @@ pub struct Workbench {
     pub message: Option<(String, bool)>,
     open_path: String,
     show_open: bool,
+    pub new_project: new_project::NewProject,
     cjk_font: Option<Option<PathBuf>>,
 }
 
@@ -117,6 +119,7 @@ impl Workbench {
             message: None,
             open_path: String::new(),
             show_open: false,
+            new_project: new_project::NewProject::default(),
             cjk_font: None,
         }
     }
@@ -386,6 +389,9 @@ impl Workbench {
                 .show(&ctx, help::ui);
             self.show_help &= open;
         }
+        if self.new_project.open || self.new_project.busy() {
+            self.new_project.ui(&ctx, &mut self.commands);
+        }
         if self.show_open {
             self.open_dialog(&ctx);
         }
@@ -401,6 +407,16 @@ impl Workbench {
                     .clicked()
                 {
                     self.show_open = true;
+                    ui.close();
+                }
+                if ui
+                    .button("New project...")
+                    .on_hover_text(
+                        "Import records and images into a new project (roiscope prepare)",
+                    )
+                    .clicked()
+                {
+                    self.new_project.open = true;
                     ui.close();
                 }
                 if ui
