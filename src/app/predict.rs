@@ -86,10 +86,25 @@ impl PredictPanel {
     }
 
     pub fn poll(&mut self) {
-        if let Some(rx) = &self.replies {
-            while let Ok(reply) = rx.try_recv() {
-                self.running = None;
-                self.outcome = Some(reply);
+        let Some(rx) = &self.replies else { return };
+        loop {
+            match rx.try_recv() {
+                Ok(reply) => {
+                    self.running = None;
+                    self.outcome = Some(reply);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    // The worker died (a panic in the model code): say so, and start a new
+                    // worker on the next request.
+                    if let Some(id) = self.running.take() {
+                        self.outcome =
+                            Some((id, Err("the prediction worker stopped unexpectedly".into())));
+                    }
+                    self.jobs = None;
+                    self.replies = None;
+                    break;
+                }
             }
         }
     }
