@@ -204,6 +204,11 @@ fn reset_to_detected_copies_the_detected_box() {
 
 #[test]
 fn switch_records_edit_a_field_and_review() {
+    // Chinese is typed below; the harness fails on any glyph it cannot draw.
+    assert!(
+        roiscope::app::fonts::find_cjk_font().is_some(),
+        "no CJK font on this machine: ./scripts/system-deps installs fonts-wqy-microhei"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let project = sample_project(tmp.path());
     let mut h = harness(&project);
