@@ -512,51 +512,63 @@ def bytes_of(items, act_bytes):
     return total
 
 
-def estimate(cfg, B, S, image_hw, lm_targets, act_bytes, r=8, lm_chunk=256):
+def estimate(cfg, B, S, image_hw, lm_targets, act_bytes, r=8):
     """Peak memory of one roiscope training step (bytes), by part.
 
-    act_bytes: 2 for bf16 base weights and activations (GPU), 4 for f32 (CPU). Parts:
+    act_bytes: 2 for bf16 base weights and activations (GPU), 4 for f32 (CPU). candle keeps the
+    whole graph (every node) alive until backward() returns, so the peak is at the end of the
+    backward pass: everything kept, plus what candle's gradient store holds by then, plus the
+    largest burst of gradients in flight. Parts:
       weights      every base weight, in the compute dtype;
       trainable    LoRA, heads and task weights in f32 with gradient and two AdamW moments;
-      activations  what the text layers keep for backward (layer_items), the deepstack
-                   features, the final norm, the heads' pooling (f32) and the LM loss's logits
-                   (lm_targets x vocab: the matmul output, log_softmax's difference, exp and
-                   result, f32, all chunks kept since each is in the graph);
-      frozen grads candle's backward computes a gradient for both inputs of every matmul, so
-                   the frozen base weights touched by a tracked matmul get a full-size gradient
-                   held until backward returns: every text-layer linear except layer 0's q, k,
-                   v, and the LM head (an f32 copy of it first, on a bf16 model);
-      backward     the gradients in flight: about one layer's kept activations;
-      vision       the vision tower runs untracked (no trainable weight in it): only its
-                   largest transient (one block: attention scores in f32 per image, qkv, MLP).
+      activations  what the text layers keep for backward (layer_items), the deepstack features,
+                   embeddings and final norm, the heads' pooling (f32) and the LM loss's rows of
+                   logits (lm_targets x vocab, f32: the matmul output and log_softmax's
+                   difference, exp and result; every chunk stays in the graph);
+      store        gradients candle computes and holds although nothing needs them (its backward
+                   differentiates both inputs of every op): every frozen text-layer linear reached
+                   by a tracked input (all but layer 0's q, k and v projections) and the LM head
+                   (f32; on a bf16 model also the f32 copy of the head made for the loss), the
+                   three LoRA dropout masks per layer (tokens x hidden), the attention mask (one
+                   per layer when cast to bf16; shared in f32);
+      in flight    the largest burst during backward: softmax's backward over one layer's scores
+                   (about 6 score-sized f32 tensors at once: the local gradient, zero-initialised
+                   accumulators, the quotient rule's products, the square of the broadcast
+                   denominator) or log_softmax's over the LM rows (about 4 rows x vocab);
+      vision       the vision tower runs untracked (no trainable weight in it), so it keeps
+                   nothing; only its largest transient (one block, both images: f32 scores of
+                   one image three times, qkv, MLP) counts, before the text side exists.
     """
     t, v = cfg["text_config"], cfg["vision_config"]
     h, V, L = t["hidden_size"], t["vocab_size"], t["num_hidden_layers"]
+    nh = t["num_attention_heads"]
     counts = parameter_counts(cfg)
     T = B * S
+    A = B * nh * S * S
     out = {}
     out["weights"] = counts["total"] * act_bytes
-    trainable = lora_count(cfg, r) + heads_count(h)
-    out["trainable"] = trainable * 16
+    out["trainable"] = (lora_count(cfg, r) + heads_count(h)) * 16
     per_layer = bytes_of(layer_items(t, B, S, r), act_bytes)
-    extras = (len(v["deepstack_visual_indexes"]) + 3) * T * h * act_bytes  # deepstack, embeds, norm
+    extras = (len(v["deepstack_visual_indexes"]) + 3) * T * h * act_bytes
     heads = 2 * (3 * T * 512 + 2 * T * h) * 4
     lm = lm_targets * V * 4 * 4  # the hidden states go to f32 before the LM head
     out["activations"] = L * per_layer + extras + heads + lm
     lin = counts["per_layer_linear"]
     frozen = (L * sum(lin.values()) - lin["q"] - lin["k"] - lin["v"]) * act_bytes
-    head_copy = V * h * 4 if act_bytes != 4 else 0  # lm_head().to_dtype(F32)
-    out["frozen_grads"] = frozen + V * h * 4 + head_copy
-    out["backward"] = per_layer + min(lm_targets, lm_chunk) * V * 4 * 2
+    head = V * h * 4 * (2 if act_bytes != 4 else 1)
+    masks = L * 3 * T * h * act_bytes + (L if act_bytes != 4 else 1) * B * S * S * act_bytes
+    out["store"] = frozen + head + masks
+    out["in_flight"] = max(6 * A * 4, 4 * lm_targets * V * 4)
     patches, _ = n_image_tokens(*image_hw)
     vh, vi, vnh = v["hidden_size"], v["intermediate_size"], v["num_heads"]
     out["vision_peak"] = (3 * vnh * patches * patches * 4
                           + B * patches * (6 * vh + 2 * vi) * act_bytes)
     out["per_layer"] = per_layer
     out["layers"] = L
+    # Per-layer checkpointing keeps each layer's input and recomputes one layer at a time.
     out["checkpointing_saves"] = max(0.0, (L - 1) * per_layer - L * T * h * act_bytes)
     out["total"] = (out["weights"] + out["trainable"]
-                    + max(out["activations"] + out["frozen_grads"] + out["backward"],
+                    + max(out["activations"] + out["store"] + out["in_flight"],
                           out["vision_peak"]))
     return out
 
@@ -615,16 +627,16 @@ def estimate_2b(a, exe, work):
           "answer tokens (LM targets); GiB (2^30 bytes)\n")
     print("| image | image tokens (patches) | sequence | base weights bf16 | LoRA + heads, f32 "
           "with grads + AdamW | activations kept for backward | of which per text layer "
-          "| frozen-weight grads (candle) | backward in flight | total | fits 12 GB (~11.5 GiB "
-          "usable)? | with per-layer checkpointing | without the frozen grads too |")
+          "| gradients candle stores but nothing needs | backward in flight | total | fits 12 GB "
+          "(~11.5 GiB usable)? | with per-layer checkpointing | without the stored gradients too |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for side, patches, img, S, e in rows:
         ckpt = e["total"] - e["checkpointing_saves"]
-        nofrozen = ckpt - e["frozen_grads"]
+        nofrozen = ckpt - e["store"]
         print(f"| {side}x{side} | {img} ({patches}) | {S} | {fmt_gib(e['weights'])} | "
               f"{fmt_gib(e['trainable'])} | {fmt_gib(e['activations'])} | "
-              f"{e['per_layer'] / MIB:.0f} MiB x {e['layers']} | {fmt_gib(e['frozen_grads'])} | "
-              f"{fmt_gib(e['backward'])} | **{fmt_gib(e['total'] + a.cuda_overhead * GIB)}** | "
+              f"{e['per_layer'] / MIB:.0f} MiB x {e['layers']} | {fmt_gib(e['store'])} | "
+              f"{fmt_gib(e['in_flight'])} | **{fmt_gib(e['total'] + a.cuda_overhead * GIB)}** | "
               f"{'yes' if e['total'] + a.cuda_overhead * GIB < 11.5 * GIB else 'no'} | "
               f"{fmt_gib(ckpt + a.cuda_overhead * GIB)} | "
               f"{fmt_gib(nofrozen + a.cuda_overhead * GIB)} |")
@@ -664,13 +676,13 @@ def check(a, exe, work):
           f"2 threads): estimate against roiscope's measured peak RSS. Process overhead "
           f"(binary, tokenizer, allocator; from `roiscope infer` on tiny less its weights): "
           f"{overhead / MIB:.0f} MiB\n")
-    print("| config | tokens per sample | weights | activations | frozen-weight grads "
+    print("| config | tokens per sample | weights | activations | stored gradients "
           "| backward in flight | estimate incl. overhead | measured peak RSS | estimate / measured |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size, S, ours, e in results:
         est = e["total"] + overhead
         print(f"| {size} | {S} | {e['weights'] / MIB:.0f} MiB | {e['activations'] / MIB:.0f} MiB "
-              f"| {e['frozen_grads'] / MIB:.0f} MiB | {e['backward'] / MIB:.0f} MiB "
+              f"| {e['store'] / MIB:.0f} MiB | {e['in_flight'] / MIB:.0f} MiB "
               f"| {est / MIB:.0f} MiB | {ours['rss']:.0f} MiB | {est / MIB / ours['rss']:.2f} |")
 
 

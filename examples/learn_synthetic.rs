@@ -1,0 +1,63 @@
+//! The full learning proof of the trainer (issue 5), recorded in BENCHMARKS.md:
+//!
+//!     cargo run --release --example learn_synthetic -- [TRAIN_IMAGES TEST_IMAGES STEPS [train.toml]]
+//!
+//! Trains a tiny random Qwen3-VL on the synthetic lesion task and prints held-out mean IoU,
+//! IoU@0.5, match AUC and what always answering the mean box scores. The settings are the
+//! proof's (`learning::proof_config`) unless a TOML file (as `roiscope train --config` takes)
+//! replaces them. `tests/learning.rs` is the short form.
+
+#[path = "../tests/support/learning.rs"]
+mod learning;
+
+use roiscope::train::trainer::{Event, TrainConfig};
+
+fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<usize> = raw
+        .iter()
+        .take(3)
+        .map(|a| a.parse().expect("the first three arguments are numbers"))
+        .collect();
+    let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
+    let setup = learning::Setup {
+        train_images: arg(0, 400),
+        test_images: arg(1, 200),
+        size: 64,
+        config: match raw.get(3) {
+            Some(path) => {
+                let mut c = TrainConfig::from_toml_file(path.as_ref()).expect("a training config");
+                c.max_steps = arg(2, 600);
+                c
+            }
+            None => learning::proof_config(arg(2, 600)),
+        },
+    };
+    eprintln!("{:?}", setup.config);
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    let outcome = learning::run(tmp.path(), &setup, |e| {
+        if let Event::Step {
+            step, loss, total, ..
+        } = e
+        {
+            if step % 25 == 0 {
+                eprintln!(
+                    "step {step}: roi {:.4} match {:.4} lm {:.4} total {total:.4}",
+                    loss[0], loss[1], loss[2]
+                );
+            }
+        }
+    });
+    println!(
+        "train {} test {} steps {} ({:.0} s): mean IoU {:.3}, IoU>=0.5 {:.1}%, match AUC {:.3}; \
+         mean box IoU {:.3}",
+        setup.train_images,
+        setup.test_images,
+        outcome.steps,
+        outcome.seconds,
+        outcome.mean_iou,
+        outcome.iou_at_half * 100.0,
+        outcome.auc,
+        outcome.mean_box_iou
+    );
+}

@@ -1,0 +1,36 @@
+//! Learning, not just running (issue 5): a tiny random Qwen3-VL trained with LoRA and the heads on
+//! the synthetic lesion task (`data::synthetic`) and scored on held-out images drawn with another
+//! seed. This is the short form for CI; `examples/learn_synthetic.rs` runs the long one
+//! (BENCHMARKS.md).
+//!
+//! What it proves today: the ROI head learns where the lesion is (held-out mean IoU well above
+//! what always answering the training set's mean box scores). What it does not: the issue's bar
+//! (mean IoU >= 0.5, match AUC >= 0.9) is not reached yet; the match head stays at chance on this
+//! task (see BENCHMARKS.md), so match AUC is printed, not asserted.
+
+#[path = "support/learning.rs"]
+mod learning;
+
+#[test]
+fn the_roi_head_learns_where_the_lesion_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = learning::Setup {
+        train_images: 200,
+        test_images: 48,
+        size: 64,
+        config: learning::proof_config(200),
+    };
+    let outcome = learning::run(tmp.path(), &setup, |_| {});
+    eprintln!("{outcome:?}");
+    // Measured here: mean IoU 0.178 against 0.071 for the mean box; ROI loss 1.56 -> 0.92.
+    assert!(outcome.mean_iou >= 0.15, "{outcome:?}");
+    assert!(
+        outcome.mean_iou >= 2.0 * outcome.mean_box_iou,
+        "{outcome:?}"
+    );
+    assert!(
+        outcome.last_loss[0] < 0.75 * outcome.first_loss[0],
+        "{outcome:?}"
+    );
+    assert!(outcome.last_loss[2] < outcome.first_loss[2], "{outcome:?}");
+}

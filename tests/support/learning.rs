@@ -1,0 +1,159 @@
+#![allow(dead_code)] // each user of this module reads a different part of it
+//! The trainer's learning proof, shared by `tests/learning.rs` (a short run in CI) and
+//! `examples/learn_synthetic.rs` (the full run recorded in BENCHMARKS.md): train a tiny random
+//! Qwen3-VL on the synthetic lesion task (`data::synthetic`), then score the ROI head (IoU) and
+//! the match head (AUC) on a held-out set drawn with another seed.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use candle_core::{DType, Device};
+use roiscope::data::prepare::{prepare, PrepareOptions};
+use roiscope::data::store::{Project, Split, SplitRatios};
+use roiscope::data::synthetic::{write_set, SyntheticConfig, DIAGNOSIS_FIELD};
+use roiscope::eval::metrics::{iou, roc_auc};
+use roiscope::model::folder::{init_model, InitSize, ModelFolder};
+use roiscope::train::data::{load_examples, Example};
+use roiscope::train::devices::DeviceSpec;
+use roiscope::train::trainer::{Event, TrainConfig, Trainer};
+
+pub struct Setup {
+    pub train_images: usize,
+    pub test_images: usize,
+    pub size: u32,
+    pub config: TrainConfig,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub mean_iou: f64,
+    /// Share of held-out images whose predicted box has IoU >= 0.5.
+    pub iou_at_half: f64,
+    /// Mean IoU of always answering the training set's mean box.
+    pub mean_box_iou: f64,
+    pub auc: f64,
+    pub first_loss: [f64; 3],
+    pub last_loss: [f64; 3],
+    pub steps: usize,
+    pub seconds: f64,
+}
+
+/// Writes a synthetic set into `dir/data` and prepares it into `dir/project` (every record in
+/// the train split); its examples.
+pub fn synthetic_examples(dir: &Path, count: usize, size: u32, seed: u64) -> Vec<Example> {
+    let data = dir.join("data");
+    write_set(&data, SyntheticConfig { count, size, seed }, |_, _| {}).unwrap();
+    let options = PrepareOptions {
+        input: data.join("raw_data.json"),
+        images: data.clone(),
+        project: dir.join("project"),
+        diagnosis_field: DIAGNOSIS_FIELD.into(),
+        threads: 2,
+        skip_unboxed: false,
+        ratios: SplitRatios([1.0, 0.0, 0.0]),
+        max_pixels: 100_000_000,
+    };
+    prepare(&options, &mut |_| {}).unwrap();
+    let project = Project::open(&dir.join("project")).unwrap();
+    let examples = load_examples(&project, Split::Train).unwrap();
+    assert_eq!(examples.len(), count);
+    examples
+}
+
+pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcome {
+    let train = synthetic_examples(&dir.join("train"), setup.train_images, setup.size, 1);
+    let test = synthetic_examples(&dir.join("test"), setup.test_images, setup.size, 2);
+    let model_dir: PathBuf = dir.join("model");
+    init_model(InitSize::Tiny, &model_dir, DType::F32, 0, |_, _| {}).unwrap();
+    let folder = ModelFolder::open(&model_dir, DType::F32, &Device::Cpu).unwrap();
+    let mean_box = {
+        let mut m = [0f64; 4];
+        for e in &train {
+            let r = e.roi.expect("every synthetic record has a box");
+            for i in 0..4 {
+                m[i] += f64::from(r[i]) / train.len() as f64;
+            }
+        }
+        m
+    };
+    let mut trainer = Trainer::new(
+        setup.config.clone(),
+        folder,
+        train,
+        &dir.join("run"),
+        &[DeviceSpec::Cpu],
+    )
+    .unwrap();
+    let (events_tx, events_rx) = mpsc::channel();
+    let (_control_tx, control_rx) = mpsc::channel::<roiscope::train::trainer::Control>();
+    let started = std::time::Instant::now();
+    let mut losses = vec![];
+    std::thread::scope(|scope| {
+        let trainer = &mut trainer;
+        let worker = scope.spawn(move || trainer.run(&events_tx, &control_rx));
+        // The channel closes when the run ends.
+        for event in events_rx.iter() {
+            on_step(&event);
+            if let Event::Step { loss, .. } = event {
+                losses.push(loss);
+            }
+        }
+        worker.join().unwrap().unwrap();
+    });
+    {
+        let seconds = started.elapsed().as_secs_f64();
+        // Every held-out image with its own text (a true pair) and with the text of the next
+        // image that names another place (a swapped pair).
+        let mut pairs: Vec<(&Example, &Example)> = test.iter().map(|e| (e, e)).collect();
+        for (i, e) in test.iter().enumerate() {
+            let other = (1..test.len())
+                .map(|k| &test[(i + k) % test.len()])
+                .find(|o| o.answer != e.answer)
+                .unwrap();
+            pairs.push((other, e));
+        }
+        let predictions = trainer.predict(&pairs).unwrap();
+        let (true_pairs, swapped) = predictions.split_at(test.len());
+        let ious: Vec<f64> = test
+            .iter()
+            .zip(true_pairs)
+            .map(|(e, p)| iou(p.roi.map(f64::from), e.roi.unwrap().map(f64::from)))
+            .collect();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let baseline: Vec<f64> = test
+            .iter()
+            .map(|e| iou(mean_box, e.roi.unwrap().map(f64::from)))
+            .collect();
+        let probs = |p: &[roiscope::train::replica::Prediction]| -> Vec<f64> {
+            p.iter().map(|p| f64::from(p.match_probability)).collect()
+        };
+        Outcome {
+            mean_iou: mean(&ious),
+            iou_at_half: ious.iter().filter(|&&v| v >= 0.5).count() as f64 / ious.len() as f64,
+            mean_box_iou: mean(&baseline),
+            auc: {
+                let scores = [probs(true_pairs), probs(swapped)].concat();
+                let labels: Vec<bool> = (0..scores.len()).map(|i| i < true_pairs.len()).collect();
+                roc_auc(&scores, &labels).expect("both classes are present")
+            },
+            first_loss: losses.first().copied().unwrap_or_default(),
+            last_loss: losses.last().copied().unwrap_or_default(),
+            steps: losses.len(),
+            seconds,
+        }
+    }
+}
+
+/// The settings of the learning proof: the defaults, with every sample's batch on one step
+/// (no accumulation) and `steps` optimiser steps.
+pub fn proof_config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        max_steps: steps,
+        batch_size: 8,
+        grad_accum: 1,
+        warmup_steps: 20,
+        lr_lora: 1e-3,
+        lr_heads: 3e-3,
+        ..TrainConfig::default()
+    }
+}
