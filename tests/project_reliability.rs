@@ -74,11 +74,11 @@ fn partial_files(dir: &Path) -> usize {
 fn kill_9_during_prepare_loses_nothing_and_a_rerun_completes_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = roi_set_dir();
-    // Every test image twice (different questions), so a run lasts long enough to be cut.
+    // Every test image four times (different questions), so a run lasts long enough to be cut
+    // several times before the project is complete.
     let images = roi_images(300);
-    let records: Vec<Value> = images
-        .iter()
-        .chain(images.iter())
+    let records: Vec<Value> = std::iter::repeat_n(images.iter(), 4)
+        .flatten()
         .enumerate()
         .map(|(i, n)| record(n, i))
         .collect();
@@ -117,7 +117,9 @@ fn kill_9_during_prepare_loses_nothing_and_a_rerun_completes_it() {
             {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            rng.below(150)
+            // A short cut relative to the whole run: on a fast or idle machine 150 ms let the
+            // rest of the run finish before the kill, and later rounds had nothing left to cut.
+            rng.below((full_run.as_millis() as u64 / 20).clamp(5, 150))
         };
         std::thread::sleep(Duration::from_millis(wait_ms));
         child.kill().unwrap(); // SIGKILL
