@@ -148,7 +148,8 @@ fn train_eval_calibrate_and_infer_end_to_end() {
         assert!(line["error"].is_null());
         assert_eq!(line["threshold"].as_f64(), Some(threshold));
         let score = line["match_score"].as_f64().unwrap();
-        let verified = score >= threshold;
+        let empty = line["generated"].as_str().unwrap().trim().is_empty();
+        let verified = score >= threshold && !empty;
         assert_eq!(
             line["verdict"],
             if verified { "verified" } else { "unverified" }

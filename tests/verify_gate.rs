@@ -119,7 +119,8 @@ fn a_mismatched_diagnosis_flips_the_verdict() {
         .args(["--json", "--max-new-tokens", "24"]));
     let line: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(line["threshold"].as_f64(), Some(threshold));
-    let verified = line["match_score"].as_f64().unwrap() >= threshold;
+    let verified = line["match_score"].as_f64().unwrap() >= threshold
+        && !line["generated"].as_str().unwrap().trim().is_empty();
     assert_eq!(
         line["verdict"],
         if verified { "verified" } else { "unverified" }

@@ -440,7 +440,8 @@ impl Pipeline {
             height,
             match_score,
             threshold: self.threshold,
-            verified: f64::from(match_score) >= self.threshold,
+            // Nothing to release: an empty answer is never "verified", whatever the score.
+            verified: f64::from(match_score) >= self.threshold && !text.trim().is_empty(),
             generated: text,
             generated_tokens: generation.token_ids.len(),
             timings: Timings {
