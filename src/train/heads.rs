@@ -227,8 +227,11 @@ mod tests {
         let pool = AttentionPool::load(vb, 8, 16).unwrap();
         let states = Tensor::randn(0f32, 1.0, (2, 6, 8), &dev).unwrap();
         // Row 0 is left-padded by two positions, row 1 by none.
-        let mask = Tensor::new(&[[0f32, 0., 1., 1., 1., 1.], [1., 1., 1., 1., 1., 1.]], &dev)
-            .unwrap();
+        let mask = Tensor::new(
+            &[[0f32, 0., 1., 1., 1., 1.], [1., 1., 1., 1., 1., 1.]],
+            &dev,
+        )
+        .unwrap();
         let (pooled, weights) = pool.forward(&states, &mask).unwrap();
         let w = weights.to_vec2::<f32>().unwrap();
         assert_eq!(&w[0][..2], &[0.0, 0.0]);
@@ -236,8 +239,14 @@ mod tests {
         let junk = Tensor::full(1e4f32, (1, 2, 8), &dev).unwrap();
         let poisoned = Tensor::cat(
             &[
-                Tensor::cat(&[&junk, &states.narrow(1, 2, 4).unwrap().narrow(0, 0, 1).unwrap()], 1)
-                    .unwrap(),
+                Tensor::cat(
+                    &[
+                        &junk,
+                        &states.narrow(1, 2, 4).unwrap().narrow(0, 0, 1).unwrap(),
+                    ],
+                    1,
+                )
+                .unwrap(),
                 states.narrow(0, 1, 1).unwrap(),
             ],
             0,

@@ -217,7 +217,10 @@ impl Replica {
         let batch = data::collate(samples, self.special.0, self.special.1, self.device())?;
         let out = self.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
-        let boxes: Vec<Vec<f32>> = self.roi.forward(&hidden, &batch.image_mask, None)?.to_vec2()?;
+        let boxes: Vec<Vec<f32>> = self
+            .roi
+            .forward(&hidden, &batch.image_mask, None)?
+            .to_vec2()?;
         let logits: Vec<f32> = self.matcher.forward(&hidden, &batch.valid)?.to_vec1()?;
         Ok(boxes
             .into_iter()
