@@ -9,16 +9,11 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use candle_core::DType;
 use egui::{RichText, Ui};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 use serde_json::Value;
 
-use crate::data::store::{Project, Split};
-use crate::model::folder::ModelFolder;
-use crate::train::data::load_examples;
-use crate::train::devices;
-use crate::train::trainer::{Control, Event, TrainConfig, Trainer, TASKS};
+use crate::train::trainer::{load_inputs, Control, Event, TrainConfig, Trainer, TASKS};
 
 /// Every curve of a run, by optimiser step.
 #[derive(Debug, Clone, Default)]
@@ -174,17 +169,7 @@ pub fn new_trainer(
     devices: &str,
     out: &Path,
 ) -> anyhow::Result<Trainer> {
-    let devices = devices::parse(devices)?;
-    let first = devices[0].open()?;
-    let project = Project::open(project)?;
-    let examples = load_examples(&project, Split::Train)?;
-    let dtype = if first.is_cuda() {
-        DType::BF16
-    } else {
-        DType::F32
-    };
-    let folder = ModelFolder::open(model, dtype, &first)
-        .with_context(|| format!("cannot load the model folder {}", model.display()))?;
+    let (devices, examples, folder) = load_inputs(project, model, devices)?;
     Trainer::new(config, folder, examples, out, &devices)
 }
 

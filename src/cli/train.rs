@@ -7,14 +7,9 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 
 use anyhow::{bail, Context};
-use candle_core::DType;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::data::store::{Project, Split};
-use crate::model::folder::ModelFolder;
-use crate::train::data::load_examples;
-use crate::train::devices;
-use crate::train::trainer::{Event, TrainConfig, Trainer};
+use crate::train::trainer::{load_inputs, Event, TrainConfig, Trainer};
 
 pub const LONG_ABOUT: &str = "Fine-tune a Qwen3-VL model folder on a project's train split.\n\n\
     Trains LoRA adapters (the base model stays frozen), the ROI head, the match head and the \
@@ -58,17 +53,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let devices = devices::parse(&args.devices)?;
-    let first = devices[0].open()?;
-    let project = Project::open(&args.project)?;
-    let examples = load_examples(&project, Split::Train)?;
-    // bf16 base weights on a GPU, f32 on the CPU (DESIGN 4); adapters, heads and losses are f32.
-    let dtype = if first.is_cuda() {
-        DType::BF16
-    } else {
-        DType::F32
-    };
-    let folder = ModelFolder::open(&args.model, dtype, &first)?;
+    let (devices, examples, folder) = load_inputs(&args.project, &args.model, &args.devices)?;
     let (mut trainer, run_dir) = match (&args.resume, &args.out) {
         (Some(run), _) => {
             if args.max_steps.is_some() {

@@ -218,6 +218,29 @@ struct Position {
     next_batch: usize,
 }
 
+/// What a run is made from: the devices of `devices` (e.g. `cpu`, `cuda:0,1`), the project's
+/// train split and the model folder loaded on the first device (bf16 base weights on a GPU, f32
+/// on the CPU, DESIGN 4; adapters, heads and losses are f32). The command line and the workbench
+/// both start runs from it.
+pub fn load_inputs(
+    project: &Path,
+    model: &Path,
+    devices: &str,
+) -> anyhow::Result<(Vec<DeviceSpec>, Vec<Example>, ModelFolder)> {
+    let devices = devices::parse(devices)?;
+    let first = devices[0].open()?;
+    let project = crate::data::store::Project::open(project)?;
+    let examples = data::load_examples(&project, crate::data::store::Split::Train)?;
+    let dtype = if first.is_cuda() {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    };
+    let folder = ModelFolder::open(model, dtype, &first)
+        .with_context(|| format!("cannot load the model folder {}", model.display()))?;
+    Ok((devices, examples, folder))
+}
+
 pub struct Trainer {
     config: TrainConfig,
     model_dir: PathBuf,
