@@ -339,6 +339,64 @@ fn thumbnails_and_images_decode_off_the_ui_thread_and_bad_images_become_error_ti
     ));
 }
 
+/// Flipping through many images keeps the cache within its bound, decodes that finish after
+/// their image was dropped make no texture, and nothing is left queued.
+#[test]
+fn the_image_cache_stays_bounded_while_flipping() {
+    use roiscope::app::images::{ImageCache, ImageKey, MAX_FULL};
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let p = Project::open(&project).unwrap();
+    let mut images = Vec::new();
+    p.for_each_record(roiscope::data::store::RecordFilter::All, |r| {
+        images.push(p.image_path(&r));
+        Ok(())
+    })
+    .unwrap();
+    // Distinct paths (so distinct cache entries) for the same few real images.
+    let keys: Vec<ImageKey> = (0..5 * MAX_FULL)
+        .map(|i| {
+            let link = tmp.path().join(format!("flip_{i:03}.jpg"));
+            std::fs::copy(&images[i % images.len()], &link).unwrap();
+            ImageKey {
+                path: link,
+                thumb: false,
+            }
+        })
+        .collect();
+    let ctx = egui::Context::default();
+    let mut cache = ImageCache::new(2);
+    for key in &keys {
+        cache.get(&ctx, key);
+        cache.poll(&ctx);
+        let s = cache.stats();
+        assert!(s.full <= MAX_FULL && s.textures <= MAX_FULL, "{s:?}");
+    }
+    let start = Instant::now();
+    while !cache.idle() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "decodes never ended"
+        );
+        cache.get(&ctx, keys.last().unwrap());
+        cache.poll(&ctx);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let s = cache.stats();
+    assert!(s.full <= MAX_FULL && s.textures <= MAX_FULL, "{s:?}");
+    assert_eq!(s.queued, 0);
+    assert!(
+        ctx.tex_manager().read().num_allocated() <= MAX_FULL + 1,
+        "textures left behind"
+    );
+    // The last image asked for is there; the first ones were dropped.
+    assert!(matches!(
+        cache.peek(keys.last().unwrap()),
+        Some(roiscope::app::images::Slot::Ready(_))
+    ));
+    assert!(cache.peek(&keys[0]).is_none());
+}
+
 #[test]
 fn a_missing_project_is_a_message_not_a_crash() {
     let tmp = tempfile::tempdir().unwrap();

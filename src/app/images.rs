@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use egui::{ColorImage, TextureHandle, TextureOptions};
 
@@ -13,10 +14,13 @@ use crate::data::image_io::{load_rgb8, LoadOptions};
 
 /// Longest side of a thumbnail, in pixels.
 pub const THUMB_SIZE: u32 = 64;
-/// Full images kept as textures (the current one and its neighbours).
-const MAX_FULL: usize = 12;
-/// Thumbnails kept as textures.
-const MAX_THUMBS: usize = 400;
+/// Full images kept (decoded or being decoded): the current one and the last few shown.
+pub const MAX_FULL: usize = 12;
+/// Thumbnails kept (decoded or being decoded).
+pub const MAX_THUMBS: usize = 400;
+/// A decode still waiting in the queue is dropped when nothing has asked for its image for this
+/// long (the user flipped or scrolled past it), so the decoders work on what is on screen.
+const STALE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageKey {
@@ -38,16 +42,34 @@ pub enum Slot {
     Failed(String),
 }
 
+struct Entry {
+    slot: Slot,
+    /// When the UI last asked for this image.
+    used: Instant,
+}
+
 type Job = (ImageKey, egui::Context);
 type Done = (ImageKey, Result<(ColorImage, bool), String>);
 
+/// What the cache holds now, for tests and the responsiveness benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub full: usize,
+    pub thumbs: usize,
+    /// Entries that hold a texture.
+    pub textures: usize,
+    /// Decodes waiting for a decoder thread.
+    pub queued: usize,
+}
+
+/// Decoded images by key, at most [`MAX_FULL`] full images and [`MAX_THUMBS`] thumbnails,
+/// least recently used dropped first. Nothing decodes on the UI thread: [`ImageCache::get`]
+/// queues the work and returns [`Slot::Loading`] until a decoder thread is done.
 pub struct ImageCache {
     jobs: Arc<Mutex<VecDeque<Job>>>,
     wake: Sender<()>,
     done: Receiver<Done>,
-    slots: HashMap<ImageKey, Slot>,
-    /// Use order, oldest first, per kind, for eviction.
-    order: VecDeque<ImageKey>,
+    entries: HashMap<ImageKey, Entry>,
 }
 
 impl ImageCache {
@@ -82,15 +104,22 @@ impl ImageCache {
             jobs,
             wake: wake_tx,
             done: done_rx,
-            slots: HashMap::new(),
-            order: VecDeque::new(),
+            entries: HashMap::new(),
         }
     }
 
-    /// Takes finished decodes into textures; call once per frame.
+    /// Takes finished decodes into textures, drops queued decodes nobody waits for any more and
+    /// keeps the cache within its bounds; call once per frame.
     pub fn poll(&mut self, ctx: &egui::Context) {
         while let Ok((key, result)) = self.done.try_recv() {
-            let slot = match result {
+            // A result for an image dropped meanwhile (or decoded twice) makes no texture.
+            let Some(entry) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if !matches!(entry.slot, Slot::Loading) {
+                continue;
+            }
+            entry.slot = match result {
                 Ok((image, grey)) => {
                     let name = key.path.display().to_string();
                     let pixels = Arc::new(image);
@@ -103,7 +132,19 @@ impl ImageCache {
                 }
                 Err(e) => Slot::Failed(e),
             };
-            self.slots.insert(key, slot);
+        }
+        let now = Instant::now();
+        let entries = &mut self.entries;
+        if let Ok(mut q) = self.jobs.lock() {
+            q.retain(|(key, _)| {
+                let fresh = entries
+                    .get(key)
+                    .is_some_and(|e| now.duration_since(e.used) < STALE);
+                if !fresh {
+                    entries.remove(key);
+                }
+                fresh
+            });
         }
         self.evict();
     }
@@ -111,41 +152,81 @@ impl ImageCache {
     /// The slot for `key`, queueing a decode the first time. The newest request is decoded
     /// first (the list scrolls, the user flips records: what is on screen now matters most).
     pub fn get(&mut self, ctx: &egui::Context, key: &ImageKey) -> &Slot {
-        if !self.slots.contains_key(key) {
+        let now = Instant::now();
+        if !self.entries.contains_key(key) {
+            // Make room first, so the cache never holds more than its bound.
+            let max = if key.thumb { MAX_THUMBS } else { MAX_FULL };
+            self.evict_kind(key.thumb, max - 1);
+        }
+        let entry = self.entries.entry(key.clone()).or_insert_with(|| {
             if let Ok(mut q) = self.jobs.lock() {
                 q.push_back((key.clone(), ctx.clone()));
             }
             let _ = self.wake.send(());
-            self.slots.insert(key.clone(), Slot::Loading);
-        }
-        if let Some(i) = self.order.iter().position(|k| k == key) {
-            self.order.remove(i);
-        }
-        self.order.push_back(key.clone());
-        &self.slots[key]
+            Entry {
+                slot: Slot::Loading,
+                used: now,
+            }
+        });
+        entry.used = now;
+        &entry.slot
+    }
+
+    /// The slot for `key` if the cache has it, without queueing or counting it as a use.
+    pub fn peek(&self, key: &ImageKey) -> Option<&Slot> {
+        self.entries.get(key).map(|e| &e.slot)
     }
 
     /// Whether nothing is waiting to be decoded.
     pub fn idle(&self) -> bool {
-        !self.slots.values().any(|s| matches!(s, Slot::Loading))
+        !self
+            .entries
+            .values()
+            .any(|e| matches!(e.slot, Slot::Loading))
     }
 
-    fn evict(&mut self) {
-        for thumb in [false, true] {
-            let max = if thumb { MAX_THUMBS } else { MAX_FULL };
-            let mut count = self.order.iter().filter(|k| k.thumb == thumb).count();
-            while count > max {
-                let Some(i) = self.order.iter().position(|k| k.thumb == thumb) else {
-                    break;
-                };
-                if let Some(k) = self.order.remove(i) {
-                    // A slot still loading is kept: its result would only be decoded again.
-                    if !matches!(self.slots.get(&k), Some(Slot::Loading)) {
-                        self.slots.remove(&k);
-                    }
-                }
-                count -= 1;
+    pub fn stats(&self) -> CacheStats {
+        let mut s = CacheStats {
+            queued: self.jobs.lock().map_or(0, |q| q.len()),
+            ..CacheStats::default()
+        };
+        for (key, e) in &self.entries {
+            if key.thumb {
+                s.thumbs += 1;
+            } else {
+                s.full += 1;
             }
+            s.textures += usize::from(matches!(e.slot, Slot::Ready(_)));
+        }
+        s
+    }
+
+    /// Drops the least recently used entries beyond the bounds, with their queued decodes.
+    fn evict(&mut self) {
+        self.evict_kind(false, MAX_FULL);
+        self.evict_kind(true, MAX_THUMBS);
+    }
+
+    /// Keeps at most `max` thumbnails (`thumb`) or full images, the most recently used.
+    fn evict_kind(&mut self, thumb: bool, max: usize) {
+        let count = self.entries.keys().filter(|k| k.thumb == thumb).count();
+        if count <= max {
+            return;
+        }
+        let mut kind: Vec<(Instant, ImageKey)> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| k.thumb == thumb)
+            .map(|(k, e)| (e.used, k.clone()))
+            .collect();
+        kind.sort_by_key(|(used, _)| *used);
+        let over = kind.len() - max;
+        let gone: Vec<ImageKey> = kind.into_iter().take(over).map(|(_, k)| k).collect();
+        for k in &gone {
+            self.entries.remove(k);
+        }
+        if let Ok(mut q) = self.jobs.lock() {
+            q.retain(|(k, _)| !gone.contains(k));
         }
     }
 }

@@ -716,11 +716,63 @@ fn describe(edit: &Edit) -> String {
 /// The eframe application around the [`Workbench`].
 struct App {
     workbench: Workbench,
+    frame_log: Option<FrameLog>,
+}
+
+/// `$ROISCOPE_FRAME_LOG`: one line per frame, for the responsiveness benchmark
+/// (`scripts/bench-workbench`): the frame's number, its start as seconds since the Unix epoch,
+/// the workbench's UI pass in this frame (ms) and eframe's CPU time of the frame before (ms: UI
+/// pass, tessellation, texture upload and GPU submission, without the wait for the surface).
+/// The first frame asks for a second one at once, so the second line's time is when the first
+/// frame had been painted.
+struct FrameLog {
+    out: std::io::BufWriter<std::fs::File>,
+    frame: u64,
+}
+
+impl FrameLog {
+    fn from_env() -> Option<FrameLog> {
+        let path = std::env::var_os("ROISCOPE_FRAME_LOG")?;
+        match std::fs::File::create(&path) {
+            Ok(f) => Some(FrameLog {
+                out: std::io::BufWriter::new(f),
+                frame: 0,
+            }),
+            Err(e) => {
+                eprintln!("roiscope: cannot write the frame log {path:?}: {e}");
+                None
+            }
+        }
+    }
+
+    fn write(&mut self, start: std::time::SystemTime, ui: std::time::Duration, cpu: Option<f32>) {
+        use std::io::Write;
+        let since_epoch = start
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let cpu = cpu.map_or_else(|| "-".to_string(), |s| format!("{:.3}", s * 1e3));
+        let _ = writeln!(
+            self.out,
+            "{} {since_epoch:.6} {:.3} {cpu}",
+            self.frame,
+            ui.as_secs_f64() * 1e3
+        );
+        let _ = self.out.flush();
+        self.frame += 1;
+    }
 }
 
 impl eframe::App for App {
-    fn ui(&mut self, ui: &mut Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut Ui, frame: &mut eframe::Frame) {
+        let start = (std::time::SystemTime::now(), std::time::Instant::now());
         self.workbench.ui(ui);
+        if let Some(log) = &mut self.frame_log {
+            if log.frame == 0 {
+                ui.ctx().request_repaint();
+            }
+            log.write(start.0, start.1.elapsed(), frame.info().cpu_usage);
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -728,8 +780,8 @@ impl eframe::App for App {
     }
 }
 
-/// `roiscope` with no command: opens the window on the last project, or on the sample project
-/// (prepared into the user's data folder the first time).
+/// `roiscope` with no command: opens the window on `$ROISCOPE_PROJECT`, else the last project,
+/// else the sample project (prepared into the user's data folder the first time).
 pub fn run() -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -746,11 +798,16 @@ pub fn run() -> anyhow::Result<()> {
                 .and_then(|s| eframe::get_value(s, STORAGE_KEY))
                 .unwrap_or_default();
             let mut workbench = Workbench::new(settings);
-            match workbench.settings.project.clone() {
+            // $ROISCOPE_PROJECT opens that project instead of the last one.
+            let chosen = std::env::var_os("ROISCOPE_PROJECT").map(PathBuf::from);
+            match chosen.or_else(|| workbench.settings.project.clone()) {
                 Some(dir) if dir.exists() => workbench.open_project(&dir),
                 _ => workbench.commands.push(Command::OpenSample),
             }
-            Ok(Box::new(App { workbench }))
+            Ok(Box::new(App {
+                workbench,
+                frame_log: FrameLog::from_env(),
+            }))
         }),
     )
     .map_err(|e| anyhow::anyhow!("cannot open the workbench window: {e}"))
