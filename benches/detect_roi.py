@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """detect-roi against the seed's OpenCV procedure, side by side in one run.
 
-    python3 benches/detect_roi.py [--images DIR] [--repeat N]
+    python3 benches/detect_roi.py [--images DIR] [--repeat N] [--rounds R]
 
-Both sides read every file from disk and decode it (OpenCV: cv2.imread, libjpeg-turbo/libpng;
-roiscope: its own decoders). OpenCV runs on one thread (cv2.setNumThreads(1)). Prints a table in
-Markdown for BENCHMARKS.md. Also measures peak memory of `roiscope detect-roi` over a folder of
-2,000 images (the set copied over), which must not grow with the number of images.
+Both sides read the same files (those directly in DIR, no subfolders) from disk and decode them
+(OpenCV: cv2.imread, libjpeg-turbo/libpng; roiscope: its own decoders); roiscope gets the file
+list on its command line. OpenCV runs on one thread (cv2.setNumThreads(1)). Each round measures
+every row (best of N runs each) and its ratio to the seed procedure of the same round; the table
+gives the median over the rounds, so that a busy spell on a shared machine moves one round, not
+the result. Prints a table in Markdown for BENCHMARKS.md. Also measures peak memory of
+`roiscope detect-roi` over a folder of 2,000 images (the set copied over), which must not grow
+with the number of images.
 """
 import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +75,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", default=str(ROOT / "tests/fixtures/roi_set"))
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="times the whole table is measured; medians are reported")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     files = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in EXTS)
@@ -77,20 +84,31 @@ def main():
     cv2.setNumThreads(1)
     n = len(files)
 
-    t_imread = best_of(args.repeat, lambda: [cv2.imread(str(p)) for p in files])
-    t_seed_cv = best_of(args.repeat, lambda: [seed_roi(p) for p in files])
-    rows = [("OpenCV `cv2.imread` only (decode floor)", 1, t_imread),
-            ("seed procedure, OpenCV (Python)", 1, t_seed_cv)]
+    paths = [str(p) for p in files]
+    rows = [("OpenCV `cv2.imread` only (decode floor)", 1,
+             lambda: [cv2.imread(str(p)) for p in files]),
+            ("seed procedure, OpenCV (Python)", 1, lambda: [seed_roi(p) for p in files])]
     for mode, threads in [("robust", 1), ("robust", 2), ("seed", 1), ("seed", 2)]:
-        t = best_of(args.repeat, lambda: roiscope("--mode", mode, "--threads", str(threads), args.images))
-        rows.append((f"roiscope detect-roi --mode {mode}", threads, t))
+        rows.append((f"roiscope detect-roi --mode {mode}", threads,
+                     lambda m=mode, t=threads: roiscope("--mode", m, "--threads", str(t), *paths)))
 
-    print(f"{n} images, {mpx:.1f} Mpx in all, from {args.images}; best of {args.repeat} runs; "
-          f"{os.cpu_count()} cores\n")
-    print("| what | threads | seconds | images/s | vs seed (OpenCV) |")
-    print("|---|---|---|---|---|")
-    for name, threads, t in rows:
-        print(f"| {name} | {threads} | {t:.3f} | {n / t:.0f} | {t_seed_cv / t:.2f}x |")
+    times = [[] for _ in rows]
+    ratios = [[] for _ in rows]
+    for r in range(args.rounds):
+        measured = [best_of(args.repeat, fn) for _, _, fn in rows]
+        for i, t in enumerate(measured):
+            times[i].append(t)
+            ratios[i].append(measured[1] / t)
+        print(f"round {r + 1}: robust 1 thread {ratios[2][-1]:.2f}x the seed procedure", file=sys.stderr)
+
+    print(f"{n} images, {mpx:.1f} Mpx in all, from {args.images}; best of {args.repeat} runs, "
+          f"median of {args.rounds} rounds; {os.cpu_count()} cores\n")
+    print("| what | threads | seconds | images/s | vs seed (OpenCV) | range over rounds |")
+    print("|---|---|---|---|---|---|")
+    for (name, threads, _), ts, rs in zip(rows, times, ratios):
+        t = statistics.median(ts)
+        print(f"| {name} | {threads} | {t:.3f} | {n / t:.0f} | {statistics.median(rs):.2f}x "
+              f"| {min(rs):.2f}-{max(rs):.2f}x |")
 
     with tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "many"

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::data::files::{expand_inputs, save_png_atomic, InputFile};
-use crate::data::image_io::{load_rgb8, JpegDecoder, LoadOptions, DEFAULT_MAX_PIXELS};
+use crate::data::image_io::{load_rgb8, recycle, JpegDecoder, LoadOptions, DEFAULT_MAX_PIXELS};
 use crate::data::marker::remove_outlines;
 use crate::data::roi::{detect, DetectMode, Detection};
 use crate::parallel::ordered_map;
@@ -245,6 +245,7 @@ fn process(job: &Job, mode: DetectMode, opts: LoadOptions) -> Line {
         Some(Err(why)) => line.error = Some(why.clone()),
         None => {}
     }
+    recycle(img);
     line
 }
 

@@ -2,7 +2,7 @@
 //! rows and columns, grouped across neighbouring lines, pieces merged, thin bars extended
 //! through washed-out colour.
 
-use super::planes::Planes;
+use super::planes::{Planes, GREEN_H, GREEN_V};
 use super::sides::{Side, SideView};
 
 /// Longest gap, in pixels, bridged inside one straight run.
@@ -69,28 +69,32 @@ pub(super) fn straight_runs(p: &Planes) -> (Vec<Run>, Vec<Run>) {
         }
     };
     for y in 0..h {
-        let row_h = &p.green_h[(y * w) as usize..((y + 1) * w) as usize];
-        let row_v = &p.green_v[(y * w) as usize..((y + 1) * w) as usize];
+        // A row without green neither starts nor extends a run.
+        if !p.row_has_green[y as usize] {
+            continue;
+        }
+        let row = &p.green[(y * w) as usize..((y + 1) * w) as usize];
         let mut hstart = u32::MAX;
         let mut hlast = 0;
         let mut x = 0usize;
-        while x < row_h.len() {
-            // Most of an image is not green: skip eight empty pixels at a time.
-            if x + 8 <= row_h.len()
-                && u64::from_ne_bytes(row_h[x..x + 8].try_into().expect("8 bytes")) == 0
-                && u64::from_ne_bytes(row_v[x..x + 8].try_into().expect("8 bytes")) == 0
-            {
+        while x < row.len() {
+            // Most of a row is not green: skip 32, then 8 empty pixels at a time.
+            if x + 32 <= row.len() && is_empty(&row[x..x + 32]) {
+                x += 32;
+                continue;
+            }
+            if x + 8 <= row.len() && is_empty(&row[x..x + 8]) {
                 x += 8;
                 continue;
             }
-            let (gh, gv) = (row_h[x], row_v[x]);
+            let g = row[x];
             let xu = x;
             x += 1;
-            if gh == 0 && gv == 0 {
+            if g == 0 {
                 continue;
             }
             let x = xu as u32;
-            if gh != 0 {
+            if g & GREEN_H != 0 {
                 if hstart != u32::MAX && x - hlast <= MAX_GAP + 1 {
                     hlast = x;
                 } else {
@@ -101,7 +105,7 @@ pub(super) fn straight_runs(p: &Planes) -> (Vec<Run>, Vec<Run>) {
                     hlast = x;
                 }
             }
-            if gv == 0 {
+            if g & GREEN_V == 0 {
                 continue;
             }
             let xi = x as usize;
@@ -126,6 +130,14 @@ pub(super) fn straight_runs(p: &Planes) -> (Vec<Run>, Vec<Run>) {
     }
     vruns.sort_by_key(|r| (r.pos, r.start));
     (hruns, vruns)
+}
+
+/// Whether `flags` (a multiple of 8 bytes) are all zero, read eight at a time.
+#[inline(always)]
+fn is_empty(flags: &[u8]) -> bool {
+    flags.chunks_exact(8).fold(0u64, |acc, c| {
+        acc | u64::from_ne_bytes(c.try_into().expect("8 bytes"))
+    }) == 0
 }
 
 /// Groups runs (sorted by line, then start) into bars: a run continues a bar from the previous

@@ -73,9 +73,7 @@ fn bars_of(planes: &Planes) -> (Vec<Bar>, Vec<Bar>) {
 }
 
 fn detect_in(planes: &Planes) -> Vec<Roi> {
-    // Masks hold 0 or 1, so a plain sum counts (and vectorises, unlike `filter().count()`).
-    let green_pixels: u32 = planes.green_h.iter().map(|&g| u32::from(g)).sum();
-    if green_pixels < 4 * MIN_SIDE {
+    if planes.green_h_count < 4 * MIN_SIDE {
         return Vec::new();
     }
     let (hbars, vbars) = bars_of(planes);
