@@ -439,3 +439,59 @@ fn a_new_project_is_prepared_in_the_background_and_opened() {
     assert_eq!(h.state().rows.len(), 24);
     assert!(matches!(&h.state().new_project.result, Some(Ok(m)) if m.contains("24 records kept")));
 }
+
+/// File > Open project where this system has no file dialog service: the window says so, its
+/// Browse button is off, and the typed path opens the project.
+#[test]
+fn open_project_falls_back_to_the_typed_path_without_a_dialog_service() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let other = ensure_sample_project(tmp.path().join("other")).unwrap();
+    let mut h = harness(&project);
+    h.state_mut().dialogs.service = Err("No file dialog on this system: type the path.".into());
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open project…").click();
+    h.run_steps(3);
+    assert!(h.state().dialogs.waiting().is_none());
+    h.get_by_label("No file dialog on this system: type the path.");
+    use egui_kittest::kittest::NodeT;
+    assert!(h.get_by_label("Browse…").accesskit_node().is_disabled());
+    h.get_by_role_and_label(Role::TextInput, "Path").focus();
+    h.run_steps(1);
+    h.get_by_role_and_label(Role::TextInput, "Path")
+        .type_text(other.display().to_string().as_str());
+    h.run_steps(2);
+    h.get_by_label("Open").click();
+    h.run_steps(3);
+    let dir = h.state().project.as_ref().map(|p| p.dir().to_path_buf());
+    assert_eq!(dir.as_deref(), Some(other.as_path()));
+}
+
+/// Where a dialog is tried but none can be shown (no portal, no zenity: this test only runs
+/// where the probe finds neither, so it never pops a real dialog up), rfd's answer comes back
+/// from its worker thread as "nothing", the window keeps running and says to type the path.
+#[test]
+fn a_file_dialog_that_cannot_open_leaves_the_typed_path() {
+    if roiscope::app::file_dialog::dialog_service().is_ok() {
+        eprintln!("skipped: this machine has a file dialog service, which would open a dialog");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut h = harness(&project);
+    h.state_mut().dialogs.service = Ok(());
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open project…").click();
+    h.run_steps(1);
+    // The dialog runs on its own thread: frames go on meanwhile.
+    step_until(&mut h, "rfd's answer", Duration::from_secs(60), |wb| {
+        wb.dialogs.waiting().is_none()
+    });
+    h.run_steps(2);
+    let (msg, _) = h.state().message.clone().unwrap();
+    assert!(msg.contains("type the path"), "{msg}");
+    h.get_by_label("Path");
+    assert!(h.state().project.is_some());
+}

@@ -9,6 +9,7 @@
 pub mod browser;
 pub mod canvas;
 pub mod fields;
+pub mod file_dialog;
 pub mod fonts;
 pub mod help;
 pub mod images;
@@ -27,6 +28,7 @@ use crate::data::store::{BoxSource, Edit, Project, ReviewStatus, StoredRecord};
 use browser::{Browser, Row};
 use canvas::{Canvas, CanvasInput, WINDOW_PRESETS};
 use fields::FieldsPanel;
+use file_dialog::{FileDialogs, Picked, Target};
 use images::{ImageCache, ImageKey};
 use predict::PredictPanel;
 use settings::{Settings, STORAGE_KEY};
@@ -95,6 +97,8 @@ pub struct Workbench {
     open_path: String,
     show_open: bool,
     pub new_project: new_project::NewProject,
+    /// Native file dialogs (off the UI thread) for the Open and New project windows.
+    pub dialogs: FileDialogs,
     cjk_font: Option<Option<PathBuf>>,
 }
 
@@ -120,6 +124,7 @@ impl Workbench {
             open_path: String::new(),
             show_open: false,
             new_project: new_project::NewProject::default(),
+            dialogs: FileDialogs::default(),
             cjk_font: None,
         }
     }
@@ -389,8 +394,10 @@ impl Workbench {
                 .show(&ctx, help::ui);
             self.show_help &= open;
         }
+        self.take_dialog_answer();
         if self.new_project.open || self.new_project.busy() {
-            self.new_project.ui(&ctx, &mut self.commands);
+            self.new_project
+                .ui(&ctx, &mut self.dialogs, &mut self.commands);
         }
         if self.show_open {
             self.open_dialog(&ctx);
@@ -403,10 +410,14 @@ impl Workbench {
             ui.menu_button("File", |ui| {
                 if ui
                     .button("Open project…")
-                    .on_hover_text("Open a project folder (type or paste its path)")
+                    .on_hover_text(
+                        "Open a project folder: choose it in a file dialog or type its path",
+                    )
                     .clicked()
                 {
                     self.show_open = true;
+                    let from = self.open_from();
+                    self.dialogs.start(ui.ctx(), Target::OpenProject, &from);
                     ui.close();
                 }
                 if ui
@@ -510,13 +521,22 @@ impl Workbench {
                 if r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                     submit = true;
                 }
-                if ui
-                    .button("Open")
-                    .on_hover_text("Open this folder")
-                    .clicked()
-                {
-                    submit = true;
-                }
+                ui.horizontal(|ui| {
+                    if ui
+                        .button("Open")
+                        .on_hover_text("Open this folder")
+                        .clicked()
+                    {
+                        submit = true;
+                    }
+                    let from = if self.open_path.trim().is_empty() {
+                        self.open_from()
+                    } else {
+                        self.open_path.clone()
+                    };
+                    self.dialogs.button(ui, Target::OpenProject, &from);
+                });
+                self.dialogs.note(ui);
             });
         if submit && !self.open_path.trim().is_empty() {
             self.commands
@@ -524,6 +544,37 @@ impl Workbench {
             open = false;
         }
         self.show_open = open;
+    }
+
+    /// Where the Open dialog starts: the folder that holds the open project.
+    fn open_from(&self) -> String {
+        self.project
+            .as_ref()
+            .and_then(|p| p.dir().parent())
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Takes a finished file dialog's answer into its window.
+    fn take_dialog_answer(&mut self) {
+        let Some((target, picked)) = self.dialogs.poll() else {
+            return;
+        };
+        match (target, picked) {
+            (Target::OpenProject, Picked::Path(dir)) => {
+                self.open_path = dir.display().to_string();
+                self.show_open = false;
+                self.commands.push(Command::OpenProject(dir));
+            }
+            (_, Picked::Path(path)) => self.new_project.picked(target, path),
+            (_, Picked::Nothing) => {
+                self.message = Some((
+                    "no file dialog answer (closed, or none could be shown here): type the path"
+                        .into(),
+                    false,
+                ))
+            }
+        }
     }
 
     fn status_ui(&mut self, ui: &mut Ui) {

@@ -7,6 +7,7 @@ use std::sync::mpsc::{channel, Receiver};
 
 use egui::{RichText, Ui};
 
+use super::file_dialog::{FileDialogs, Target};
 use super::Command;
 use crate::data::image_io::DEFAULT_MAX_PIXELS;
 use crate::data::prepare::{prepare, PrepareOptions, Progress};
@@ -103,7 +104,12 @@ impl NewProject {
         opened
     }
 
-    pub fn ui(&mut self, ctx: &egui::Context, commands: &mut Vec<Command>) {
+    pub fn ui(
+        &mut self,
+        ctx: &egui::Context,
+        dialogs: &mut FileDialogs,
+        commands: &mut Vec<Command>,
+    ) {
         if let Some(dir) = self.poll() {
             commands.push(Command::OpenProject(dir));
         }
@@ -111,36 +117,51 @@ impl NewProject {
         egui::Window::new("New project")
             .open(&mut open)
             .collapsible(false)
-            .show(ctx, |ui| self.form(ui));
+            .show(ctx, |ui| self.form(ui, dialogs));
         self.open = open;
     }
 
-    fn form(&mut self, ui: &mut Ui) {
+    /// Puts a path a file dialog gave into its field.
+    pub fn picked(&mut self, target: Target, path: PathBuf) {
+        let text = path.display().to_string();
+        match target {
+            Target::NewRecords => self.input = text,
+            Target::NewImages => self.images = text,
+            Target::NewProject => self.project = text,
+            Target::OpenProject => {}
+        }
+    }
+
+    fn form(&mut self, ui: &mut Ui, dialogs: &mut FileDialogs) {
         ui.label("Import seed-format records (as `roiscope prepare` does).");
         let busy = self.busy();
         egui::Grid::new("new-project")
-            .num_columns(2)
+            .num_columns(3)
             .show(ui, |ui| {
-                for (label, value, tip) in [
+                for (label, value, tip, target) in [
                     (
                         "Records",
                         &mut self.input,
                         "raw_data.json (a JSON array) or JSON lines",
+                        Some(Target::NewRecords),
                     ),
                     (
                         "Images folder",
                         &mut self.images,
                         "The data root: record image paths are relative to it",
+                        Some(Target::NewImages),
                     ),
                     (
                         "Project folder",
                         &mut self.project,
                         "Where the project is created (new or empty folder)",
+                        Some(Target::NewProject),
                     ),
                     (
                         "Diagnosis field",
                         &mut self.diagnosis_field,
                         "The structured field that holds the diagnosis",
+                        None,
                     ),
                 ] {
                     let l = ui.label(label);
@@ -150,9 +171,16 @@ impl NewProject {
                     )
                     .labelled_by(l.id)
                     .on_hover_text(tip);
+                    match target {
+                        Some(t) if !busy => dialogs.button(ui, t, value),
+                        _ => {
+                            ui.label("");
+                        }
+                    }
                     ui.end_row();
                 }
             });
+        dialogs.note(ui);
         let ready = !busy
             && [&self.input, &self.images, &self.project]
                 .iter()
