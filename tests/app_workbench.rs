@@ -495,3 +495,108 @@ fn a_file_dialog_that_cannot_open_leaves_the_typed_path() {
     h.get_by_label("Path");
     assert!(h.state().project.is_some());
 }
+
+/// Window/level of a 16-bit CT works on its Hounsfield values, not on the 8-bit rendering:
+/// values the file's window maps to one grey level are told apart by a narrow window, the
+/// file's own window gives back the decoder's rendering, and the toolbar's CT presets set the
+/// window on the values.
+#[test]
+fn dicom_window_level_acts_on_the_sixteen_bit_values() {
+    use roiscope::app::images::{window_values, Slot};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/CT_small.dcm"),
+        data.join("ct.dcm"),
+    )
+    .unwrap();
+    let records = serde_json::json!([{
+        "messages": [
+            {"role": "user", "content": "<image>Describe this CT."},
+            {"role": "assistant", "content": {"extractions": {
+                "Modality": "CT", "Clinical Diagnosis Tips": "A test slice."
+            }}}
+        ],
+        "images": ["ct.dcm"]
+    }]);
+    std::fs::write(data.join("raw_data.json"), records.to_string()).unwrap();
+    let project = tmp.path().join("project");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_roiscope"))
+        .args(["prepare", "--input"])
+        .arg(data.join("raw_data.json"))
+        .arg("--images")
+        .arg(&data)
+        .arg("--project")
+        .arg(&project)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+
+    let mut h = harness(&project);
+    step_until(&mut h, "the CT to decode", Duration::from_secs(30), |wb| {
+        wb.images.idle()
+    });
+    h.run_steps(2);
+    let wb = h.state();
+    let key = roiscope::app::images::ImageKey {
+        path: wb
+            .project
+            .as_ref()
+            .unwrap()
+            .image_path(wb.record.as_ref().unwrap()),
+        thumb: false,
+    };
+    let (values, rendered) = match wb.images.peek(&key) {
+        Some(Slot::Ready(d)) => (d.values.clone().expect("modality values"), d.pixels.clone()),
+        Some(Slot::Failed(e)) => panic!("the CT did not decode: {e}"),
+        _ => panic!("the CT is not in the cache: {key:?}"),
+    };
+    assert_eq!(values.modality.as_deref(), Some("CT"));
+    assert!(
+        values.range.0 < 0.0,
+        "HU below zero expected: {:?}",
+        values.range
+    );
+
+    // The file's window reproduces the 8-bit rendering.
+    let (c, w) = values.default_window();
+    let same = window_values(&values, c, w);
+    assert_eq!(same.pixels, rendered.pixels);
+
+    // Two different values that share one 8-bit grey level...
+    let mut by_level: std::collections::HashMap<u8, (f32, f32)> = Default::default();
+    for (v, p) in values.values.iter().zip(&rendered.pixels) {
+        let e = by_level.entry(p.r()).or_insert((*v, *v));
+        e.0 = e.0.min(*v);
+        e.1 = e.1.max(*v);
+    }
+    let (lo, hi) = by_level
+        .values()
+        .copied()
+        .max_by(|a, b| (a.1 - a.0).total_cmp(&(b.1 - b.0)))
+        .unwrap();
+    assert!(hi > lo, "every grey level holds one value");
+    // ...are told apart by a window over just them.
+    let narrow = window_values(
+        &values,
+        f64::from(lo + hi) / 2.0,
+        f64::from(hi - lo).max(2.0),
+    );
+    let level_of = |x: f32| {
+        let i = values.values.iter().position(|v| *v == x).unwrap();
+        narrow.pixels[i].r()
+    };
+    assert!(
+        level_of(lo) < level_of(hi),
+        "values {lo} and {hi}: {} vs {}",
+        level_of(lo),
+        level_of(hi)
+    );
+
+    // The toolbar offers the CT windows and sets them on the values.
+    h.get_by_label("Soft tissue").click();
+    h.run_steps(2);
+    assert_eq!(h.state().canvas.raw_window, Some((40.0, 400.0)));
+    h.get_by_label("C 40 W 400 HU");
+}

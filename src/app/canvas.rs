@@ -8,8 +8,9 @@ use egui::{
     TextureHandle, Ui, Vec2,
 };
 
-use super::images::{window_level, Decoded, Slot};
+use super::images::{window_level, window_values, Decoded, Slot};
 use super::settings::Layers;
+use crate::data::dicom::GreyValues;
 
 pub const DETECTED_COLOUR: Color32 = Color32::from_rgb(40, 220, 60);
 pub const CORRECTED_COLOUR: Color32 = Color32::from_rgb(255, 170, 0);
@@ -59,8 +60,15 @@ enum Drag {
     WindowLevel,
 }
 
+/// A window: on the 0-255 display scale of a grey image, or in a DICOM's modality units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum WindowKey {
+    Display(f32, f32),
+    Values(f64, f64),
+}
+
 /// The window/level texture of the shown image: the window, the image's identity, the texture.
-type Windowed = ((f32, f32), (i64, bool), TextureHandle);
+type Windowed = (WindowKey, (i64, bool), TextureHandle);
 
 pub struct Canvas {
     /// Screen points per image pixel.
@@ -75,6 +83,9 @@ pub struct Canvas {
     draft: Option<PxBox>,
     /// Window centre and width on the 0-255 display scale; `None`: the pixels as they are.
     pub window: Option<(f32, f32)>,
+    /// For a greyscale DICOM: window centre and width in its modality units (Hounsfield units
+    /// for CT), applied to the 16-bit values; set to the file's window when the image changes.
+    pub raw_window: Option<(f64, f64)>,
     windowed: Option<Windowed>,
     /// The last canvas rectangle, for tests and screen-to-image mapping.
     pub rect: Rect,
@@ -91,6 +102,7 @@ impl Default for Canvas {
             drag: None,
             draft: None,
             window: None,
+            raw_window: None,
             windowed: None,
             rect: Rect::NOTHING,
         }
@@ -104,6 +116,28 @@ pub const WINDOW_PRESETS: [(&str, Option<(f32, f32)>); 4] = [
     ("Contrast", Some((128.0, 90.0))),
     ("Bright", Some((90.0, 180.0))),
 ];
+
+/// Window presets (centre, width) in modality units for a greyscale DICOM: the file's own
+/// window, the image's whole range, and for CT the usual Hounsfield windows.
+pub fn value_presets(v: &GreyValues) -> Vec<(&'static str, (f64, f64))> {
+    let (lo, hi) = (f64::from(v.range.0), f64::from(v.range.1));
+    let mut presets = vec![
+        ("File", v.default_window()),
+        ("Range", ((lo + hi) / 2.0 + 0.5, (hi - lo).max(1.0) + 1.0)),
+    ];
+    if v.modality
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("CT"))
+    {
+        presets.extend([
+            ("Soft tissue", (40.0, 400.0)),
+            ("Lung", (-600.0, 1500.0)),
+            ("Bone", (400.0, 1800.0)),
+            ("Brain", (40.0, 80.0)),
+        ]);
+    }
+    presets
+}
 
 impl Canvas {
     pub fn fit(&mut self) {
@@ -140,6 +174,7 @@ impl Canvas {
 
         if self.identity != Some(input.identity) {
             self.identity = Some(input.identity);
+            self.raw_window = None;
             self.fit_next = true;
             self.drag = None;
             self.draft = None;
@@ -159,7 +194,11 @@ impl Canvas {
             self.offset = rect.size() / 2.0 - Vec2::new(centre[0], centre[1]) * self.zoom;
         }
 
-        self.zoom_and_pan(ui, &response);
+        let values = match input.slot {
+            Slot::Ready(d) => d.values.as_deref(),
+            _ => None,
+        };
+        self.zoom_and_pan(ui, &response, values);
 
         // The image (or its tile while loading or failed).
         let image_rect =
@@ -259,7 +298,19 @@ impl Canvas {
         decoded: &'a Decoded,
         identity: (i64, bool),
     ) -> &'a TextureHandle {
-        let Some(window) = self.window.filter(|_| decoded.grey) else {
+        let window = match &decoded.values {
+            Some(v) => {
+                let file = v.default_window();
+                let w = *self.raw_window.get_or_insert(file);
+                // The file's window is what the decoder rendered already.
+                (w != file).then_some(WindowKey::Values(w.0, w.1))
+            }
+            None => self
+                .window
+                .filter(|_| decoded.grey)
+                .map(|(c, w)| WindowKey::Display(c, w)),
+        };
+        let Some(window) = window else {
             return &decoded.texture;
         };
         let stale = self
@@ -267,7 +318,13 @@ impl Canvas {
             .as_ref()
             .is_none_or(|(w, id, _)| *w != window || *id != identity);
         if stale {
-            let image = window_level(&decoded.pixels, window.0, window.1);
+            let image = match (window, &decoded.values) {
+                (WindowKey::Values(c, w), Some(v)) => window_values(v, c, w),
+                (WindowKey::Values(c, w), None) => {
+                    window_level(&decoded.pixels, c as f32, w as f32)
+                }
+                (WindowKey::Display(c, w), _) => window_level(&decoded.pixels, c, w),
+            };
             let texture = ctx.load_texture("windowed", image, egui::TextureOptions::LINEAR);
             self.windowed = Some((window, identity, texture));
         }
@@ -277,7 +334,7 @@ impl Canvas {
         }
     }
 
-    fn zoom_and_pan(&mut self, ui: &Ui, response: &egui::Response) {
+    fn zoom_and_pan(&mut self, ui: &Ui, response: &egui::Response, values: Option<&GreyValues>) {
         if let Some(pos) = response.hover_pos() {
             let (scroll, zoom) = ui.input(|i| (i.smooth_scroll_delta.y, i.zoom_delta()));
             let factor = zoom * (scroll * 0.0015).exp();
@@ -298,8 +355,20 @@ impl Canvas {
         if response.dragged_by(PointerButton::Secondary) {
             // Right drag: horizontal changes the width, vertical the centre (as in most viewers).
             let d = response.drag_delta();
-            let (c, w) = self.window.unwrap_or((128.0, 256.0));
-            self.window = Some(((c - d.y).clamp(0.0, 255.0), (w + d.x).clamp(2.0, 512.0)));
+            if let Some(v) = values {
+                // In modality units: a 256-point drag spans the image's whole range.
+                let (lo, hi) = (f64::from(v.range.0), f64::from(v.range.1));
+                let step = (hi - lo).max(1.0) / 256.0;
+                let (c, w) = self.raw_window.unwrap_or_else(|| v.default_window());
+                let span = hi - lo + 1.0;
+                self.raw_window = Some((
+                    (c - f64::from(d.y) * step).clamp(lo - span, hi + span),
+                    (w + f64::from(d.x) * step).clamp(1.0, 4.0 * span),
+                ));
+            } else {
+                let (c, w) = self.window.unwrap_or((128.0, 256.0));
+                self.window = Some(((c - d.y).clamp(0.0, 255.0), (w + d.x).clamp(2.0, 512.0)));
+            }
             self.drag = Some(Drag::WindowLevel);
         }
     }

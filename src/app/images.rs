@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use egui::{ColorImage, TextureHandle, TextureOptions};
 
+use crate::data::dicom::{decode_grey_values, is_dicom, GreyValues};
 use crate::data::image_io::{load_rgb8, LoadOptions};
 
 /// Longest side of a thumbnail, in pixels.
@@ -34,6 +35,16 @@ pub struct Decoded {
     pub pixels: Arc<ColorImage>,
     pub grey: bool,
     pub texture: TextureHandle,
+    /// A greyscale DICOM's modality values (full images only): window/level works on these,
+    /// not on the 8-bit rendering in `pixels`.
+    pub values: Option<Arc<GreyValues>>,
+}
+
+/// What a decoder thread hands back.
+struct Image {
+    pixels: ColorImage,
+    grey: bool,
+    values: Option<GreyValues>,
 }
 
 pub enum Slot {
@@ -49,7 +60,7 @@ struct Entry {
 }
 
 type Job = (ImageKey, egui::Context);
-type Done = (ImageKey, Result<(ColorImage, bool), String>);
+type Done = (ImageKey, Result<Image, String>);
 
 /// What the cache holds now, for tests and the responsiveness benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,14 +131,15 @@ impl ImageCache {
                 continue;
             }
             entry.slot = match result {
-                Ok((image, grey)) => {
+                Ok(image) => {
                     let name = key.path.display().to_string();
-                    let pixels = Arc::new(image);
+                    let pixels = Arc::new(image.pixels);
                     let texture = ctx.load_texture(name, pixels.clone(), TextureOptions::LINEAR);
                     Slot::Ready(Decoded {
                         pixels,
-                        grey,
+                        grey: image.grey,
                         texture,
+                        values: image.values.map(Arc::new),
                     })
                 }
                 Err(e) => Slot::Failed(e),
@@ -231,8 +243,9 @@ impl ImageCache {
     }
 }
 
-fn decode(key: &ImageKey) -> Result<(ColorImage, bool), String> {
-    let img = load_rgb8(&key.path, LoadOptions::default()).map_err(|e| e.to_string())?;
+fn decode(key: &ImageKey) -> Result<Image, String> {
+    let opts = LoadOptions::default();
+    let img = load_rgb8(&key.path, opts).map_err(|e| e.to_string())?;
     let img = if key.thumb {
         // Longest side THUMB_SIZE, aspect ratio kept.
         let scale = THUMB_SIZE as f32 / img.width().max(img.height()).max(1) as f32;
@@ -242,9 +255,40 @@ fn decode(key: &ImageKey) -> Result<(ColorImage, bool), String> {
     } else {
         img
     };
+    let values = if key.thumb {
+        None
+    } else {
+        dicom_values(&key.path, opts.max_pixels)?
+    };
     let grey = img.pixels().all(|p| p[0] == p[1] && p[1] == p[2]);
     let size = [img.width() as usize, img.height() as usize];
-    Ok((ColorImage::from_rgb(size, img.as_raw()), grey))
+    Ok(Image {
+        pixels: ColorImage::from_rgb(size, img.as_raw()),
+        grey,
+        values,
+    })
+}
+
+/// The modality values of a greyscale DICOM file; `None` for any other image.
+fn dicom_values(path: &std::path::Path, max_pixels: u64) -> Result<Option<GreyValues>, String> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(132);
+    let opened = std::fs::File::open(path).and_then(|f| f.take(132).read_to_end(&mut head));
+    if opened.is_err() || !is_dicom(&head) {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    decode_grey_values(&bytes, max_pixels).map_err(|e| e.to_string())
+}
+
+/// The grey image of `values` through a window in modality units (centre, width).
+pub fn window_values(values: &GreyValues, centre: f64, width: f64) -> ColorImage {
+    let pixels = values
+        .levels(centre, width)
+        .into_iter()
+        .map(egui::Color32::from_gray)
+        .collect();
+    ColorImage::new([values.width as usize, values.height as usize], pixels)
 }
 
 /// Applies a window (centre, width, on the 0-255 display scale) to a grey image.

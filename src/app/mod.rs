@@ -652,12 +652,7 @@ impl Workbench {
                 return;
             };
             let marker_removed = self.settings.layers.marker_removed;
-            let path = if marker_removed {
-                project.training_image_path(record)
-            } else {
-                project.image_path(record)
-            };
-            let key = ImageKey { path, thumb: false };
+            let key = image_key(project, record, marker_removed);
             let slot = self.images.get(ui.ctx(), &key);
             let predicted = self.predict.predicted(record);
             let input = CanvasInput {
@@ -694,13 +689,18 @@ impl Workbench {
             ui.separator();
             ui.label("W/L")
                 .on_hover_text("Window/level of grey images; right-drag on the image to adjust");
-            for (name, preset) in WINDOW_PRESETS {
-                if ui
-                    .selectable_label(self.canvas.window == preset, name)
-                    .on_hover_text("Window/level preset for grey and DICOM images")
-                    .clicked()
-                {
-                    self.canvas.window = preset;
+            match self.current_values() {
+                Some(values) => self.value_window_ui(ui, &values),
+                None => {
+                    for (name, preset) in WINDOW_PRESETS {
+                        if ui
+                            .selectable_label(self.canvas.window == preset, name)
+                            .on_hover_text("Window/level preset for grey images")
+                            .clicked()
+                        {
+                            self.canvas.window = preset;
+                        }
+                    }
                 }
             }
             ui.separator();
@@ -749,6 +749,60 @@ impl Workbench {
             }
         });
     }
+}
+
+impl Workbench {
+    /// The shown image's DICOM modality values, once decoded (greyscale DICOM only).
+    fn current_values(&self) -> Option<std::sync::Arc<crate::data::dicom::GreyValues>> {
+        let (Some(record), Some(project)) = (&self.record, &self.project) else {
+            return None;
+        };
+        let key = image_key(project, record, self.settings.layers.marker_removed);
+        match self.images.peek(&key) {
+            Some(images::Slot::Ready(d)) => d.values.clone(),
+            _ => None,
+        }
+    }
+
+    /// Window/level of a DICOM on its modality values: presets and the current window.
+    fn value_window_ui(&mut self, ui: &mut Ui, values: &crate::data::dicom::GreyValues) {
+        let current = self
+            .canvas
+            .raw_window
+            .unwrap_or_else(|| values.default_window());
+        let units = if values.modality.as_deref() == Some("CT") {
+            " HU"
+        } else {
+            ""
+        };
+        for (name, preset) in canvas::value_presets(values) {
+            if ui
+                .selectable_label(current == preset, name)
+                .on_hover_text(format!(
+                    "Window centre {:.0}{units}, width {:.0}{units}, on the DICOM's own values",
+                    preset.0, preset.1
+                ))
+                .clicked()
+            {
+                self.canvas.raw_window = Some(preset);
+            }
+        }
+        ui.label(format!("C {:.0} W {:.0}{units}", current.0, current.1))
+            .on_hover_text(
+                "Window centre and width on the DICOM's modality values (16-bit range, \
+                 Hounsfield units for CT); right-drag on the image to adjust",
+            );
+    }
+}
+
+/// The cache key of a record's image as shown: the original or the marker-removed one.
+fn image_key(project: &Project, record: &StoredRecord, marker_removed: bool) -> ImageKey {
+    let path = if marker_removed {
+        project.training_image_path(record)
+    } else {
+        project.image_path(record)
+    };
+    ImageKey { path, thumb: false }
 }
 
 fn describe(edit: &Edit) -> String {

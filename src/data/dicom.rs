@@ -124,6 +124,93 @@ pub fn decode_dicom(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageLoad
     })
 }
 
+/// A greyscale DICOM frame as modality values (stored samples through Rescale Slope and
+/// Intercept: Hounsfield units for CT), for window/level on the real values instead of the 8-bit
+/// rendering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GreyValues {
+    pub width: u32,
+    pub height: u32,
+    /// Row-major modality values.
+    pub values: Vec<f32>,
+    /// The file's first window, if it has one.
+    pub window: Option<Window>,
+    /// MONOCHROME1: higher values are darker.
+    pub invert: bool,
+    /// The smallest and largest value in the frame.
+    pub range: (f32, f32),
+    pub modality: Option<String>,
+}
+
+impl GreyValues {
+    /// Grey levels through `window` (the file's VOI function; LINEAR where it has none),
+    /// inverted for MONOCHROME1, as [`decode_dicom`] renders them.
+    pub fn levels(&self, centre: f64, width: f64) -> Vec<u8> {
+        let window = Window {
+            centre,
+            width,
+            function: self.window.map_or(VoiFunction::Linear, |w| w.function),
+        };
+        self.values
+            .iter()
+            .map(|&x| {
+                let g = to_u8(window.level(f64::from(x)));
+                if self.invert {
+                    255 - g
+                } else {
+                    g
+                }
+            })
+            .collect()
+    }
+
+    /// The window the image opens with: the file's, else its whole range.
+    pub fn default_window(&self) -> (f64, f64) {
+        self.window.map_or_else(
+            || {
+                let (lo, hi) = (f64::from(self.range.0), f64::from(self.range.1));
+                ((lo + hi) / 2.0 + 0.5, (hi - lo).max(1.0) + 1.0)
+            },
+            |w| (w.centre, w.width),
+        )
+    }
+}
+
+/// The modality values of a greyscale (MONOCHROME1/2) DICOM's first frame; `None` for colour
+/// and palette images. The same checks and limits as [`decode_dicom`].
+pub fn decode_grey_values(
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<Option<GreyValues>, ImageLoadError> {
+    guarded(|| {
+        let obj = parse(bytes, false)?;
+        let h = Header::read(&obj)?;
+        h.check_size(max_pixels)?;
+        h.check_supported()?;
+        if !matches!(h.photometric.as_str(), "MONOCHROME1" | "MONOCHROME2") {
+            return Ok(None);
+        }
+        let frame = first_frame(&obj, &h)?;
+        let values: Vec<f32> = (0..h.pixels())
+            .map(|i| (frame.sample(i, &h) as f64 * h.slope + h.intercept) as f32)
+            .collect();
+        let range = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
+        Ok(Some(GreyValues {
+            width: h.columns,
+            height: h.rows,
+            values,
+            window: h.window,
+            invert: h.photometric == "MONOCHROME1",
+            range,
+            modality: h.modality.clone(),
+        }))
+    })
+}
+
 /// The name of a transfer syntax UID, for messages; `None` for one roiscope does not know.
 pub fn transfer_syntax_name(uid: &str) -> Option<&'static str> {
     Some(match uid {
