@@ -340,32 +340,31 @@ unsafe fn colour_differences_avx2(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) 
     use std::arch::x86_64::*;
     let n = rgb.len() / 3;
     assert!(g_r.len() == n && g_b.len() == n, "one difference per pixel");
-    // For each channel, where its 16 bytes sit in the three 16-byte loads (-1: none).
-    const fn gather(channel: usize, load: usize) -> [i8; 16] {
-        let mut idx = [-1i8; 16];
+    // For each channel, where its 16 bytes sit in the three 16-byte loads (-1: none), the
+    // same in both 128-bit lanes.
+    const fn gather(channel: usize, load: usize) -> [i8; 32] {
+        let mut idx = [-1i8; 32];
         let mut px = 0;
         while px < 16 {
             let byte = 3 * px + channel;
             if byte / 16 == load {
                 idx[px] = (byte % 16) as i8;
+                idx[16 + px] = (byte % 16) as i8;
             }
             px += 1;
         }
         idx
     }
-    const IDX: [[[i8; 16]; 3]; 3] = [
+    static IDX: [[[i8; 32]; 3]; 3] = [
         [gather(0, 0), gather(0, 1), gather(0, 2)],
         [gather(1, 0), gather(1, 1), gather(1, 2)],
         [gather(2, 0), gather(2, 1), gather(2, 2)],
     ];
     let blocks = n / 32;
-    let mut ranges = Ranges::EMPTY;
+    let mut ranges;
     // SAFETY: every load reads 96 bytes inside `rgb` (block < n / 32) and every store writes
     // 32 i16 inside `g_r` / `g_b`; unaligned loads and stores are used throughout.
     unsafe {
-        // The same shuffle in both lanes.
-        let masks: [[__m256i; 3]; 3] =
-            IDX.map(|c| c.map(|m| _mm256_broadcastsi128_si256(_mm_loadu_si128(m.as_ptr().cast()))));
         let (mut min_r, mut max_r) = (_mm256_set1_epi16(i16::MAX), _mm256_set1_epi16(i16::MIN));
         let (mut min_b, mut max_b) = (min_r, max_r);
         for block in 0..blocks {
@@ -373,15 +372,11 @@ unsafe fn colour_differences_avx2(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) 
             // Lane 0 holds pixels 0..16 of the block, lane 1 pixels 16..32.
             let load = |k: usize| _mm256_loadu2_m128i(src.add(48 + k).cast(), src.add(k).cast());
             let loads = [load(0), load(16), load(32)];
-            let channel = |c: usize| {
-                _mm256_or_si256(
-                    _mm256_or_si256(
-                        _mm256_shuffle_epi8(loads[0], masks[c][0]),
-                        _mm256_shuffle_epi8(loads[1], masks[c][1]),
-                    ),
-                    _mm256_shuffle_epi8(loads[2], masks[c][2]),
-                )
+            let part = |c: usize, k: usize| {
+                _mm256_shuffle_epi8(loads[k], _mm256_loadu_si256(IDX[c][k].as_ptr().cast()))
             };
+            let channel =
+                |c: usize| _mm256_or_si256(_mm256_or_si256(part(c, 0), part(c, 1)), part(c, 2));
             let (r, g, b) = (channel(0), channel(1), channel(2));
             let lo = |v| _mm256_cvtepu8_epi16(_mm256_castsi256_si128(v));
             let hi = |v| _mm256_cvtepu8_epi16(_mm256_extracti128_si256::<1>(v));
@@ -399,20 +394,16 @@ unsafe fn colour_differences_avx2(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) 
             min_b = _mm256_min_epi16(min_b, _mm256_min_epi16(db_lo, db_hi));
             max_b = _mm256_max_epi16(max_b, _mm256_max_epi16(db_lo, db_hi));
         }
-        let lanes = |v: __m256i| std::mem::transmute::<__m256i, [i16; 16]>(v);
-        for (((lo_r, hi_r), lo_b), hi_b) in lanes(min_r)
-            .into_iter()
-            .zip(lanes(max_r))
-            .zip(lanes(min_b))
-            .zip(lanes(max_b))
-        {
-            ranges.merge(&Ranges {
-                min_r: lo_r,
-                max_r: hi_r,
-                min_b: lo_b,
-                max_b: hi_b,
-            });
-        }
+        // Across the 16 lanes: the two halves, then within one (SSE2, see `fold_lanes`).
+        let halves = |v: __m256i| (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let min = |(a, b)| _mm_min_epi16(a, b);
+        let max = |(a, b)| _mm_max_epi16(a, b);
+        ranges = Ranges {
+            min_r: fold_lanes(min(halves(min_r)), |a, b| _mm_min_epi16(a, b)),
+            max_r: fold_lanes(max(halves(max_r)), |a, b| _mm_max_epi16(a, b)),
+            min_b: fold_lanes(min(halves(min_b)), |a, b| _mm_min_epi16(a, b)),
+            max_b: fold_lanes(max(halves(max_b)), |a, b| _mm_max_epi16(a, b)),
+        };
     }
     let tail = colour_differences(
         &rgb[96 * blocks..],
@@ -421,6 +412,24 @@ unsafe fn colour_differences_avx2(rgb: &[u8], g_r: &mut [i16], g_b: &mut [i16]) 
     );
     ranges.merge(&tail);
     ranges
+}
+
+/// `op` over the eight i16 lanes of `x` (SSE2, part of every x86_64): 64-bit halves, 32-bit
+/// pairs, then neighbours.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn fold_lanes(
+    x: std::arch::x86_64::__m128i,
+    op: impl Fn(std::arch::x86_64::__m128i, std::arch::x86_64::__m128i) -> std::arch::x86_64::__m128i,
+) -> i16 {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline.
+    unsafe {
+        let x = op(x, _mm_shuffle_epi32::<0b01_00_11_10>(x));
+        let x = op(x, _mm_shuffle_epi32::<0b10_11_00_01>(x));
+        let x = op(x, _mm_shufflelo_epi16::<0b10_11_00_01>(x));
+        _mm_extract_epi16::<0>(x) as i16
+    }
 }
 
 #[cfg(test)]
@@ -512,6 +521,17 @@ mod tests {
             assert_eq!(planes.row_has_green, rows, "{w}x{h}");
             let count = expected.iter().filter(|&&f| f & GREEN_H != 0).count();
             assert_eq!(planes.green_h_count as usize, count, "{w}x{h}");
+            // The portable path, which machines without AVX2 take.
+            let (wu, hu) = (w as usize, h as usize);
+            let (mut ring, mut green) = (vec![0; 2 * RING_ROWS * wu], vec![0; wu * hu]);
+            let mut rows = vec![false; hu];
+            let buffers = MaskBuffers {
+                ring: &mut ring,
+                green: &mut green,
+                rows: &mut rows,
+            };
+            let plain_count = masks_by_rows(img.as_raw(), (wu, hu), buffers, colour_differences);
+            assert_eq!((green, plain_count as usize), (expected, count), "{w}x{h}");
         }
     }
 }

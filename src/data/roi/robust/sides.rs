@@ -119,12 +119,16 @@ impl SideView<'_> {
         n as f32 / (a1 - a0 + 1) as f32
     }
 
-    /// Median over positions of |luma(line) - luma(reference line)|.
-    fn median_step(&self, line: u32, reference: u32, positions: &[u32]) -> u32 {
-        let mut d: Vec<u32> = positions
-            .iter()
-            .map(|&a| self.luma(a, line).abs_diff(self.luma(a, reference)))
-            .collect();
+    /// Luminance along line `across` at the given positions.
+    fn luma_along(&self, across: u32, positions: &[u32]) -> Vec<i32> {
+        positions.iter().map(|&a| self.luma(a, across)).collect()
+    }
+
+    /// Median over positions of |luma(line) - luma(reference line)|, from both lines' values
+    /// at the same positions; `d` is scratch space.
+    fn median_step(line: &[i32], reference: &[i32], d: &mut Vec<u32>) -> u32 {
+        d.clear();
+        d.extend(line.iter().zip(reference).map(|(&l, &r)| l.abs_diff(r)));
         let mid = d.len() / 2;
         *d.select_nth_unstable(mid).1
     }
@@ -172,10 +176,17 @@ impl SideView<'_> {
         }
         // A painted line differs in brightness from the background on both sides of the band;
         // a line only tinted by chroma bleeding matches the background next to it.
+        let ref_lumas: Vec<Vec<i32>> = refs
+            .iter()
+            .map(|&r| self.luma_along(r, &positions))
+            .collect();
+        let mut scratch = Vec::with_capacity(positions.len());
         let steps: Vec<u32> = (lo..=hi)
             .map(|line| {
-                refs.iter()
-                    .map(|&r| self.median_step(line, r, &positions))
+                let line_luma = self.luma_along(line, &positions);
+                ref_lumas
+                    .iter()
+                    .map(|r| Self::median_step(&line_luma, r, &mut scratch))
                     .min()
                     .unwrap()
             })
