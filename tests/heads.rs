@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use roiscope::train::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
-use roiscope::train::losses::{focal_loss, lm_loss, roi_loss, FocalConfig};
+use roiscope::train::heads::{image_token_coords, HeadsConfig, MatchHead, RoiHead, TaskWeights};
+use roiscope::train::losses::{focal_loss, lm_loss, roi_loss, FocalConfig, RoiLossConfig};
 use support::{max_abs_diff as absolute, relative_diff as relative};
 
 fn reference() -> HashMap<String, Tensor> {
@@ -70,14 +70,39 @@ fn heads_and_losses_match_pytorch() {
     }
     assert_eq!(match_weights.to_vec2::<f32>().unwrap()[3][..2], [0.0, 0.0]);
 
-    let pred = roi.forward(states.as_tensor(), &r["image"], None).unwrap();
+    // The image tokens' coordinates, from the mask and the grids as the trainer computes them.
+    let image_rows: Vec<Vec<bool>> = image
+        .iter()
+        .map(|row| row.iter().map(|&v| v > 0.0).collect())
+        .collect();
+    let grids: Vec<[u32; 3]> = r["grids"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .map(|g| [g[0] as u32, g[1] as u32, g[2] as u32])
+        .collect();
+    let coords = image_token_coords(&image_rows, &grids, &dev).unwrap();
+    assert!(absolute(&coords, &r["coords"]) < 1e-7);
+    let (pred, locus) = roi
+        .forward(states.as_tensor(), &r["image"], &coords, None)
+        .unwrap();
+    assert!(absolute(&locus, &r["locus"]) < 1e-6);
     assert!(absolute(&pred, &r["pred_boxes"]) < 1e-6);
-    let logits = matcher.forward(states.as_tensor(), &r["valid"]).unwrap();
+    let logits = matcher
+        .forward(states.as_tensor(), &r["valid"], &locus)
+        .unwrap();
     assert!(absolute(&logits, &r["match_logits"]) < 1e-5);
 
     let scalar = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     let roi_rows = scalar(&r["roi_weight"]);
-    let l_roi = roi_loss(&pred, &r["boxes"], &r["roi_weight"], 0.1, roi_rows).unwrap();
+    let l_roi = roi_loss(
+        &pred,
+        &r["boxes"],
+        &r["roi_weight"],
+        RoiLossConfig::default(),
+        roi_rows,
+    )
+    .unwrap();
     let samples = r["labels"].elem_count() as f64;
     let l_match = focal_loss(&logits, &r["labels"], FocalConfig::default(), samples).unwrap();
     let targets: Vec<(usize, usize, u32)> = r["lm_targets"]
@@ -117,7 +142,7 @@ fn heads_and_losses_match_pytorch() {
     }
     let g = grads.get(states.as_tensor()).unwrap();
     assert!(relative(g, &r["grad.states"]) < 1e-3);
-    assert_eq!(checked, 15);
+    assert_eq!(checked, 17);
 }
 
 #[test]

@@ -247,12 +247,13 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 
 /// A roiscope heads state dict with deterministic values.
 fn roiscope_heads(hidden: usize, seed: u64) -> HashMap<String, Tensor> {
-    let shapes: [(&str, &[usize]); 15] = [
+    let shapes: [(&str, &[usize]); 17] = [
         ("roi.pool.fc1.weight", &[512, hidden]),
         ("roi.pool.fc1.bias", &[512]),
         ("roi.pool.fc2.weight", &[1, 512]),
         ("roi.fc1.weight", &[512, hidden]),
         ("roi.fc1.bias", &[512]),
+        ("roi.locus.weight", &[512, 4]),
         ("roi.fc2.weight", &[4, 512]),
         ("roi.fc2.bias", &[4]),
         ("match.pool.fc1.weight", &[512, hidden]),
@@ -260,6 +261,7 @@ fn roiscope_heads(hidden: usize, seed: u64) -> HashMap<String, Tensor> {
         ("match.pool.fc2.weight", &[1, 512]),
         ("match.fc1.weight", &[256, hidden]),
         ("match.fc1.bias", &[256]),
+        ("match.locus.weight", &[256, 4]),
         ("match.fc2.weight", &[1, 256]),
         ("match.fc2.bias", &[1]),
         ("task.log_vars", &[3]),
@@ -325,15 +327,17 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
         &Device::Cpu,
     )
     .unwrap();
+    // The seed's heads have no locus input (imported with zero weights): compare at locus 0.
+    let no_locus = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
     let a: Vec<f32> = imported
         .matcher
-        .forward(&states, &valid)
+        .forward(&states, &valid, &no_locus)
         .unwrap()
         .to_vec1()
         .unwrap();
     let b: Vec<f32> = reference
         .matcher
-        .forward(&states, &valid)
+        .forward(&states, &valid, &no_locus)
         .unwrap()
         .to_vec1()
         .unwrap();

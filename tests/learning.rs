@@ -3,10 +3,10 @@
 //! seed. This is the short form for CI; `examples/learn_synthetic.rs` runs the long one
 //! (BENCHMARKS.md).
 //!
-//! What it proves today: the ROI head learns where the lesion is (held-out mean IoU well above
-//! what always answering the training set's mean box scores). What it does not: the bar
-//! (mean IoU >= 0.5, match AUC >= 0.9) is not reached yet; the match head stays at chance on this
-//! task (see BENCHMARKS.md), so match AUC is printed, not asserted.
+//! What it proves: the ROI head learns where the lesion is (held-out mean IoU well above what
+//! always answering the training set's mean box scores). The full run (800 images, 1,000 steps)
+//! reaches mean IoU 0.69; this short one only starts. The match head stays at chance on this task
+//! (see BENCHMARKS.md), so match AUC is printed, not asserted.
 
 #[path = "support/learning.rs"]
 mod learning;
@@ -22,7 +22,7 @@ fn the_roi_head_learns_where_the_lesion_is() {
     };
     let outcome = learning::run(tmp.path(), &setup, |_| {});
     eprintln!("{outcome:?}");
-    // Measured here: mean IoU 0.178 against 0.071 for the mean box; ROI loss 1.56 -> 0.92.
+    // Measured (release, same settings): mean IoU 0.175 against 0.071 for the mean box.
     assert!(outcome.mean_iou >= 0.15, "{outcome:?}");
     assert!(
         outcome.mean_iou >= 2.0 * outcome.mean_box_iou,

@@ -21,7 +21,7 @@ use roiscope::model::qwen3_vl::Qwen3Vl;
 use roiscope::train::data::{build_sample, collate, Batch, Example};
 use roiscope::train::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
 use roiscope::train::lora;
-use roiscope::train::losses::{focal_loss, lm_loss, roi_loss, FocalConfig};
+use roiscope::train::losses::{focal_loss, lm_loss, roi_loss, FocalConfig, RoiLossConfig};
 use serde_json::Value;
 use support::{max_abs_diff, model_dir, relative_diff};
 
@@ -75,13 +75,23 @@ fn forward_backward(model: &Qwen3Vl, heads: &Heads, batch: &Batch, settings: &Va
         gamma: f(&settings["focal"]["gamma"]),
         missed_weight: f(&settings["focal"]["missed_weight"]),
     };
-    let beta = f(&settings["roi_smooth_l1_beta"]);
+    let roi_config = RoiLossConfig {
+        beta: f(&settings["roi"]["beta"]),
+        l1_weight: f(&settings["roi"]["l1_weight"]),
+        giou_weight: f(&settings["roi"]["giou_weight"]),
+    };
     let lm_chunk = settings["lm_chunk"].as_u64().unwrap() as usize;
 
     let out = model.forward(&batch.input, Exec::Differentiable).unwrap();
     let hidden = out.hidden.to_dtype(DType::F32).unwrap();
-    let boxes = heads.roi.forward(&hidden, &batch.image_mask, None).unwrap();
-    let logits = heads.matcher.forward(&hidden, &batch.valid).unwrap();
+    let (boxes, locus) = heads
+        .roi
+        .forward(&hidden, &batch.image_mask, &batch.coords, None)
+        .unwrap();
+    let logits = heads
+        .matcher
+        .forward(&hidden, &batch.valid, &locus)
+        .unwrap();
     // One whole batch: the losses are divided by its own counts.
     let roi_rows = f64::from(
         batch
@@ -91,7 +101,14 @@ fn forward_backward(model: &Qwen3Vl, heads: &Heads, batch: &Batch, settings: &Va
             .to_scalar::<f32>()
             .unwrap(),
     );
-    let l_roi = roi_loss(&boxes, &batch.roi_target, &batch.roi_weight, beta, roi_rows).unwrap();
+    let l_roi = roi_loss(
+        &boxes,
+        &batch.roi_target,
+        &batch.roi_weight,
+        roi_config,
+        roi_rows,
+    )
+    .unwrap();
     let samples = batch.labels.elem_count() as f64;
     let l_match = focal_loss(&logits, &batch.labels, focal, samples).unwrap();
     let head = model.lm_head().to_dtype(DType::F32).unwrap();

@@ -57,7 +57,8 @@ pub fn is_seed_layout(tensors: &HashMap<String, Tensor>) -> bool {
 /// pools over the image tokens and bounds the box by a sigmoid with ordered corners; the
 /// imported ROI weights are a starting point for fine-tuning, not the seed's boxes. The match
 /// head scores the same pooled state through the same layers, so its logits are the seed's on
-/// the same token sequence.
+/// the same token sequence. The seed's heads have no locus input (`train::heads`): its weights
+/// are set to zero, which leaves the seed's layers computing exactly what they did.
 pub fn from_seed(tensors: &HashMap<String, Tensor>) -> anyhow::Result<HashMap<String, Tensor>> {
     let mapping: [(&str, &[&str]); 12] = [
         (
@@ -117,6 +118,11 @@ pub fn from_seed(tensors: &HashMap<String, Tensor>) -> anyhow::Result<HashMap<St
             missing,
             unexpected
         );
+    }
+    for (head, fc1) in [("roi", "roi.fc1.weight"), ("match", "match.fc1.weight")] {
+        let inner = out[fc1].dim(0)?;
+        let zeros = Tensor::zeros((inner, 4), out[fc1].dtype(), out[fc1].device())?;
+        out.insert(format!("{head}.locus.weight"), zeros);
     }
     Ok(out)
 }

@@ -28,6 +28,7 @@ use crate::model::ops::Exec;
 use crate::model::processor::{self, ProcessedImage};
 use crate::model::text::KvCache;
 use crate::train::data::{self, Sample};
+use crate::train::heads::image_token_coords;
 use crate::train::lora;
 use heads::Heads;
 
@@ -306,18 +307,24 @@ impl Pipeline {
     }
 
     /// The ROI box from final hidden states `(1, seq, hidden)` and their image-token mask.
-    fn locate(&self, hidden: &Tensor, image_mask: &[Vec<bool>]) -> anyhow::Result<[f32; 4]> {
+    fn locate(
+        &self,
+        hidden: &Tensor,
+        image_mask: &[Vec<bool>],
+        grid: [u32; 3],
+    ) -> anyhow::Result<[f32; 4]> {
         let mask: Vec<f32> = image_mask
             .iter()
             .flatten()
             .map(|&b| if b { 1.0 } else { 0.0 })
             .collect();
         let mask = Tensor::from_vec(mask, (image_mask.len(), image_mask[0].len()), self.device())?;
-        let boxes: Vec<Vec<f32>> = self
-            .heads
-            .roi
-            .forward(&hidden.to_dtype(DType::F32)?, &mask, None)?
-            .to_vec2()?;
+        let coords = image_token_coords(image_mask, &[grid], self.device())?;
+        let (boxes, _) =
+            self.heads
+                .roi
+                .forward(&hidden.to_dtype(DType::F32)?, &mask, &coords, None)?;
+        let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
         let b = &boxes[0];
         Ok([b[0], b[1], b[2], b[3]])
     }
@@ -364,16 +371,16 @@ impl Pipeline {
         )?;
         let out = self.folder.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
-        let boxes: Vec<Vec<f32>> = self
-            .heads
-            .roi
-            .forward(&hidden, &batch.image_mask, None)?
-            .to_vec2()?;
+        let (boxes, locus) =
+            self.heads
+                .roi
+                .forward(&hidden, &batch.image_mask, &batch.coords, None)?;
         let logits: Vec<f32> = self
             .heads
             .matcher
-            .forward(&hidden, &batch.valid)?
+            .forward(&hidden, &batch.valid, &locus)?
             .to_vec1()?;
+        let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
         Ok(boxes
             .into_iter()
             .zip(logits)
@@ -421,7 +428,7 @@ impl Pipeline {
             &mut cache,
             |out| {
                 let t = Instant::now();
-                roi = self.locate(&out.hidden, &out.image_mask)?;
+                roi = self.locate(&out.hidden, &out.image_mask, processed.grid_thw)?;
                 locate = t.elapsed().as_secs_f64();
                 Ok(())
             },

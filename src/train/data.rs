@@ -20,6 +20,8 @@ use crate::model::qwen3_vl::ModelInput;
 use crate::model::random::SplitMix;
 use crate::model::tokenizer::QwenTokenizer;
 
+use super::heads::image_token_coords;
+
 /// One record, ready to become samples.
 #[derive(Debug, Clone)]
 pub struct Example {
@@ -176,6 +178,8 @@ pub struct Batch {
     pub input: ModelInput,
     /// `(batch, seq)` 1 at image tokens.
     pub image_mask: Tensor,
+    /// `(batch, seq, 2)` where each image token sits in its image (`heads::image_token_coords`).
+    pub coords: Tensor,
     /// `(batch, seq)` 1 at real tokens.
     pub valid: Tensor,
     /// `(batch, 4)` boxes (zeros where there is none) and `(batch)` 1 where the ROI loss counts.
@@ -236,15 +240,23 @@ pub fn collate(
         )?);
         grids.push(s.image.grid_thw);
     }
-    let input = ModelInput::left_padded(rows, pad_id, Some(Tensor::cat(&pixels, 0)?), grids);
+    let input =
+        ModelInput::left_padded(rows, pad_id, Some(Tensor::cat(&pixels, 0)?), grids.clone());
     let mut image_mask = Vec::with_capacity(samples.len() * len);
+    let mut image_rows = Vec::with_capacity(samples.len());
     let mut valid = Vec::with_capacity(samples.len() * len);
     let mut lm_targets = Vec::new();
     for (row, (ids, ok)) in input.input_ids.iter().zip(&input.valid).enumerate() {
-        for (&id, &v) in ids.iter().zip(ok) {
-            image_mask.push(if v && id == image_token { 1f32 } else { 0.0 });
+        let flags: Vec<bool> = ids
+            .iter()
+            .zip(ok)
+            .map(|(&id, &v)| v && id == image_token)
+            .collect();
+        for (&flag, &v) in flags.iter().zip(ok) {
+            image_mask.push(if flag { 1f32 } else { 0.0 });
             valid.push(if v { 1f32 } else { 0.0 });
         }
+        image_rows.push(flags);
         let s = &samples[row];
         if !s.negative {
             let shift = len - s.ids.len();
@@ -270,6 +282,7 @@ pub fn collate(
     Ok(Batch {
         input,
         image_mask: Tensor::from_vec(image_mask, (b, len), device)?,
+        coords: image_token_coords(&image_rows, &grids, device)?,
         valid: Tensor::from_vec(valid, (b, len), device)?,
         roi_target: Tensor::from_vec(roi, (b, 4), device)?,
         roi_weight: Tensor::from_vec(roi_weight, b, device)?,

@@ -6,6 +6,14 @@
 //!   `x2 in (x1, 1)`, `y2 in (y1, 1)`, all in image-relative units;
 //! - the match head scores the (image, text) pair with one logit.
 //!
+//! Both also read the ROI pooling's *locus*: the mean and the spread of the image tokens' grid
+//! coordinates under the ROI pooling weights (a soft argmax, as in DSNT or CoordConv). A vision
+//! transformer's final states carry little absolute position (in the tiny random model about 5%
+//! of an image token's state; BENCHMARKS.md, learning proof), so a box regressed from pooled
+//! content alone cannot say *where*; the locus can. The match head gets it detached, so that
+//! verifying a text against the located region does not pull on where the ROI head looks. The
+//! seed's heads have no locus: imported seed heads get zero locus weights (`infer::heads`).
+//!
 //! The learned task weights `s_i` combine the losses as `0.5 * exp(-s_i) * L_i + 0.5 * s_i`.
 
 use candle_core::{DType, Module, Result, Tensor, D};
@@ -110,9 +118,61 @@ pub fn dropout(x: &Tensor, p: f64, plan: Option<&DropoutPlan>) -> Result<Tensor>
     x * mask
 }
 
+/// Where an image token sits: `(batch, seq, 2)` with the centre `(x, y)` of its merged patch in
+/// image-relative units at image tokens and 0 elsewhere. `image_mask` rows flag the image tokens
+/// (one image per row, in Qwen3-VL's merged raster order); `grids` is each row's `grid_thw` in
+/// patches. The merge size follows from the token count, and must be a whole number.
+pub fn image_token_coords(
+    image_mask: &[Vec<bool>],
+    grids: &[[u32; 3]],
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    if image_mask.len() != grids.len() {
+        candle_core::bail!("{} rows but {} image grids", image_mask.len(), grids.len());
+    }
+    let len = image_mask.first().map_or(0, Vec::len);
+    let mut out = vec![0f32; image_mask.len() * len * 2];
+    for (row, (mask, &[t, h, w])) in image_mask.iter().zip(grids).enumerate() {
+        let tokens = mask.iter().filter(|&&m| m).count();
+        let patches = (t * h * w) as usize;
+        let merge = (1..=h.min(w) as usize)
+            .find(|m| m * m * tokens == patches && h as usize % m == 0 && w as usize % m == 0);
+        let Some(merge) = merge else {
+            candle_core::bail!("row {row}: {tokens} image tokens do not fit the grid {t}x{h}x{w}");
+        };
+        let (rows, cols) = (h as usize / merge, w as usize / merge);
+        for (k, pos) in mask
+            .iter()
+            .enumerate()
+            .filter(|(_, &m)| m)
+            .map(|(p, _)| p)
+            .enumerate()
+        {
+            let cell = k % (rows * cols);
+            let at = (row * len + pos) * 2;
+            out[at] = ((cell % cols) as f32 + 0.5) / cols as f32;
+            out[at + 1] = ((cell / cols) as f32 + 0.5) / rows as f32;
+        }
+    }
+    Tensor::from_vec(out, (image_mask.len(), len, 2), device)
+}
+
+/// The locus of pooling `weights` `(batch, seq)` over `coords` `(batch, seq, 2)`: `(batch, 4)`
+/// as mean x, mean y, spread x, spread y (weighted standard deviations).
+pub fn locus(weights: &Tensor, coords: &Tensor) -> Result<Tensor> {
+    let w = weights.unsqueeze(2)?;
+    let mean = w.broadcast_mul(coords)?.sum(1)?;
+    let centred = coords.broadcast_sub(&mean.unsqueeze(1)?)?;
+    let var = w.broadcast_mul(&centred.sqr()?)?.sum(1)?;
+    // The small floor keeps the square root's gradient finite when the pooling is one-hot.
+    let spread = (var + 1e-6)?.sqrt()?;
+    Tensor::cat(&[mean, spread], 1)
+}
+
 pub struct RoiHead {
     pub pool: AttentionPool,
     fc1: Linear,
+    locus: Linear,
     fc2: Linear,
     dropout: f64,
 }
@@ -122,34 +182,40 @@ impl RoiHead {
         Ok(RoiHead {
             pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
             fc1: linear(&vb.pp("fc1"), c.roi_hidden, hidden)?,
+            locus: linear_with(&vb.pp("locus"), c.roi_hidden, 4, false)?,
             fc2: linear(&vb.pp("fc2"), 4, c.roi_hidden)?,
             dropout: c.roi_dropout,
         })
     }
 
     /// Boxes `(batch, 4)` as `x1, y1, x2, y2` in image-relative units, from the states at the
-    /// image tokens (`image_mask`, 0/1). A dropout plan enables dropout (training).
+    /// image tokens (`image_mask`, 0/1) and their `coords` ([`image_token_coords`]), and the
+    /// pooling's locus `(batch, 4)`. A dropout plan enables dropout (training).
     pub fn forward(
         &self,
         states: &Tensor,
         image_mask: &Tensor,
+        coords: &Tensor,
         plan: Option<&DropoutPlan>,
-    ) -> Result<Tensor> {
-        let (pooled, _) = self.pool.forward(states, image_mask)?;
-        let h = dropout(&self.fc1.forward(&pooled)?.relu()?, self.dropout, plan)?;
+    ) -> Result<(Tensor, Tensor)> {
+        let (pooled, weights) = self.pool.forward(states, image_mask)?;
+        let locus = locus(&weights, coords)?;
+        let pre = (self.fc1.forward(&pooled)? + self.locus.forward(&locus)?)?;
+        let h = dropout(&pre.relu()?, self.dropout, plan)?;
         let raw = candle_nn::ops::sigmoid(&self.fc2.forward(&h)?)?;
         let x1 = raw.narrow(1, 0, 1)?;
         let y1 = raw.narrow(1, 1, 1)?;
         // The far corner lies between the near one and the image edge.
         let x2 = (&x1 + (1.0 - &x1)?.mul(&raw.narrow(1, 2, 1)?)?)?;
         let y2 = (&y1 + (1.0 - &y1)?.mul(&raw.narrow(1, 3, 1)?)?)?;
-        Tensor::cat(&[x1, y1, x2, y2], 1)
+        Ok((Tensor::cat(&[x1, y1, x2, y2], 1)?, locus))
     }
 }
 
 pub struct MatchHead {
     pub pool: AttentionPool,
     fc1: Linear,
+    locus: Linear,
     fc2: Linear,
 }
 
@@ -158,16 +224,17 @@ impl MatchHead {
         Ok(MatchHead {
             pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
             fc1: linear(&vb.pp("fc1"), c.match_hidden, hidden)?,
+            locus: linear_with(&vb.pp("locus"), c.match_hidden, 4, false)?,
             fc2: linear(&vb.pp("fc2"), 1, c.match_hidden)?,
         })
     }
 
-    /// One logit per row `(batch)` for the pair, pooled over the valid tokens (`valid`, 0/1).
-    pub fn forward(&self, states: &Tensor, valid: &Tensor) -> Result<Tensor> {
+    /// One logit per row `(batch)` for the pair, pooled over the valid tokens (`valid`, 0/1),
+    /// with the ROI head's `locus` (detached here).
+    pub fn forward(&self, states: &Tensor, valid: &Tensor, locus: &Tensor) -> Result<Tensor> {
         let (pooled, _) = self.pool.forward(states, valid)?;
-        self.fc2
-            .forward(&self.fc1.forward(&pooled)?.relu()?)?
-            .squeeze(1)
+        let pre = (self.fc1.forward(&pooled)? + self.locus.forward(&locus.detach())?)?;
+        self.fc2.forward(&pre.relu()?)?.squeeze(1)
     }
 }
 
@@ -209,11 +276,60 @@ mod tests {
         for scale in [1.0, 100.0, 1e4] {
             let states = (Tensor::randn(0f32, 1.0, (3, 5, 8), &dev).unwrap() * scale).unwrap();
             let mask = Tensor::ones((3, 5), DType::F32, &dev).unwrap();
-            let boxes = head.forward(&states, &mask, None).unwrap();
+            let coords = (Tensor::rand(0f32, 1.0, (3, 5, 2), &dev).unwrap() * scale).unwrap();
+            let (boxes, _) = head.forward(&states, &mask, &coords, None).unwrap();
             for b in boxes.to_vec2::<f32>().unwrap() {
                 assert!(b.iter().all(|v| (0.0..=1.0).contains(v)), "{b:?}");
                 assert!(b[0] <= b[2] && b[1] <= b[3], "{b:?}");
             }
+        }
+    }
+
+    /// Tokens of a 4x6-patch image merged 2x2 (2 rows of 3 tokens), after two padding positions
+    /// and one text token: each gets the centre of its merged patch, everything else 0.
+    #[test]
+    fn image_tokens_get_their_patch_centres() {
+        let dev = Device::Cpu;
+        let mut mask = vec![false; 3];
+        mask.extend([true; 6]);
+        mask.push(false);
+        let coords = image_token_coords(&[mask], &[[1, 4, 6]], &dev).unwrap();
+        let c = coords.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let third = 1.0 / 6.0;
+        let expected = [
+            [0.0, 0.0],
+            [0.0, 0.0],
+            [0.0, 0.0],
+            [third, 0.25],
+            [0.5, 0.25],
+            [5.0 * third, 0.25],
+            [third, 0.75],
+            [0.5, 0.75],
+            [5.0 * third, 0.75],
+            [0.0, 0.0],
+        ];
+        for (got, want) in c.iter().zip(expected) {
+            assert!((got[0] - want[0]).abs() < 1e-6 && (got[1] - want[1]).abs() < 1e-6);
+        }
+        // 5 tokens cannot tile a 4x6 grid under any merge size.
+        let bad = vec![true; 5];
+        assert!(image_token_coords(&[bad], &[[1, 4, 6]], &dev).is_err());
+    }
+
+    /// Pooling all weight on one token puts the locus on its centre with (almost) no spread;
+    /// equal weight on two tokens puts it half way, spread by half their distance.
+    #[test]
+    fn locus_is_the_weighted_mean_and_spread() {
+        let dev = Device::Cpu;
+        let coords = Tensor::new(&[[[0.25f32, 0.75], [0.75, 0.25], [0.0, 0.0]]], &dev).unwrap();
+        let one = Tensor::new(&[[1f32, 0.0, 0.0]], &dev).unwrap();
+        let l = locus(&one, &coords).unwrap().to_vec2::<f32>().unwrap();
+        assert!((l[0][0] - 0.25).abs() < 1e-6 && (l[0][1] - 0.75).abs() < 1e-6);
+        assert!(l[0][2] < 2e-3 && l[0][3] < 2e-3);
+        let two = Tensor::new(&[[0.5f32, 0.5, 0.0]], &dev).unwrap();
+        let l = locus(&two, &coords).unwrap().to_vec2::<f32>().unwrap();
+        for (got, want) in l[0].iter().zip([0.5, 0.5, 0.25, 0.25]) {
+            assert!((got - want).abs() < 1e-4, "{:?}", l[0]);
         }
     }
 

@@ -1,6 +1,12 @@
 //! The training losses, each written so that its gradient is the one intended.
 //!
-//! - ROI: SmoothL1 plus generalised IoU on the rows that have a box (and are not negatives);
+//! - ROI: SmoothL1 plus generalised IoU on the rows that have a box (and are not negatives),
+//!   weighted as DETR weights L1 and GIoU (5 and 2, the L1 summed over the coordinates). With
+//!   the SmoothL1 averaged over the coordinates and weighted like the GIoU, the GIoU term
+//!   dominates, and while the head cannot yet tell where the lesion is its best answer is the
+//!   whole image (its GIoU is the target's area, better than any fixed smaller box): the
+//!   sigmoids saturate there and the head stops learning (measured: BENCHMARKS.md, learning
+//!   proof);
 //! - match: sigmoid focal loss, with the samples that are missed diagnoses (a true pair scored
 //!   below 0.5) weighted up; the weight is a constant factor on a differentiable loss;
 //! - LM: cross-entropy on the chosen target tokens only, computed in chunks of rows so the
@@ -32,7 +38,28 @@ pub fn giou(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     giou.squeeze(1)
 }
 
-/// SmoothL1 with threshold `beta` (PyTorch's definition), averaged over the coordinates, `(n)`.
+/// How the ROI loss is made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoiLossConfig {
+    /// SmoothL1's threshold.
+    pub beta: f64,
+    /// Weight of the SmoothL1 summed over the four coordinates.
+    pub l1_weight: f64,
+    /// Weight of `1 - GIoU`.
+    pub giou_weight: f64,
+}
+
+impl Default for RoiLossConfig {
+    fn default() -> Self {
+        RoiLossConfig {
+            beta: 0.1,
+            l1_weight: 5.0,
+            giou_weight: 2.0,
+        }
+    }
+}
+
+/// SmoothL1 with threshold `beta` (PyTorch's definition), summed over the coordinates, `(n)`.
 fn smooth_l1(pred: &Tensor, target: &Tensor, beta: f64) -> Result<Tensor> {
     let d = (pred - target)?.abs()?;
     // 0.5 d^2 / beta below beta, d - 0.5 beta above.
@@ -40,10 +67,11 @@ fn smooth_l1(pred: &Tensor, target: &Tensor, beta: f64) -> Result<Tensor> {
     let quad = ((d.sqr()? * 0.5)? / beta)?;
     let lin = (&d - 0.5 * beta)?;
     let per = ((&small * quad)? + ((1.0 - &small)? * lin)?)?;
-    per.mean(1)
+    per.sum(1)
 }
 
-/// ROI loss: `SmoothL1 + (1 - GIoU)` summed over the rows with `weight` 1 and divided by `rows`,
+/// ROI loss: `l1_weight * SmoothL1 + giou_weight * (1 - GIoU)` summed over the rows with
+/// `weight` 1 and divided by `rows`,
 /// the number of such rows in the whole batch (a replica's part of a batch divides by the whole's
 /// count, so the parts add up); 0 when no row has a box. `weight` `(n)` is 0/1 (no box, or a
 /// negative pair).
@@ -51,10 +79,11 @@ pub fn roi_loss(
     pred: &Tensor,
     target: &Tensor,
     weight: &Tensor,
-    beta: f64,
+    config: RoiLossConfig,
     rows: f64,
 ) -> Result<Tensor> {
-    let per = (smooth_l1(pred, target, beta)? + (1.0 - giou(pred, target)?)?)?;
+    let l1 = (smooth_l1(pred, target, config.beta)? * config.l1_weight)?;
+    let per = (l1 + ((1.0 - giou(pred, target)?)? * config.giou_weight)?)?;
     if rows < 0.5 {
         return (per * 0.0)?.sum_all();
     }
@@ -160,11 +189,11 @@ mod tests {
         let pred = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.0, 0.0, 0.5, 0.5]], &dev).unwrap();
         let target = Tensor::new(&[[0.1f32, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]], &dev).unwrap();
         let only_first = Tensor::new(&[1f32, 0.0], &dev).unwrap();
-        let l = roi_loss(&pred, &target, &only_first, 0.1, 1.0).unwrap();
+        let l = roi_loss(&pred, &target, &only_first, RoiLossConfig::default(), 1.0).unwrap();
         assert!(l.to_scalar::<f32>().unwrap().abs() < 1e-5);
         let none = Tensor::new(&[0f32, 0.0], &dev).unwrap();
         assert_eq!(
-            roi_loss(&pred, &target, &none, 0.1, 0.0)
+            roi_loss(&pred, &target, &none, RoiLossConfig::default(), 0.0)
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap(),

@@ -12,7 +12,7 @@ use candle_nn::{VarBuilder, VarMap};
 use super::data::{self, Counts, Sample};
 use super::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
 use super::lora::{self, LoraConfig, LoraSet};
-use super::losses::{self, FocalConfig};
+use super::losses::{self, FocalConfig, RoiLossConfig};
 use crate::model::dropout::{Dropout, DropoutPlan};
 use crate::model::ops::Exec;
 use crate::model::qwen3_vl::Qwen3Vl;
@@ -22,7 +22,7 @@ use crate::model::random::SplitMix;
 #[derive(Debug, Clone, Copy)]
 pub struct LossSettings {
     pub focal: FocalConfig,
-    pub roi_smooth_l1_beta: f64,
+    pub roi: RoiLossConfig,
     pub lm_chunk: usize,
 }
 
@@ -176,13 +176,15 @@ impl Replica {
         self.dropout.end();
         let hidden = out?.hidden.to_dtype(DType::F32)?;
         let counts = shard.counts;
-        let boxes = self.roi.forward(&hidden, &batch.image_mask, Some(&plan))?;
-        let logits = self.matcher.forward(&hidden, &batch.valid)?;
+        let (boxes, locus) =
+            self.roi
+                .forward(&hidden, &batch.image_mask, &batch.coords, Some(&plan))?;
+        let logits = self.matcher.forward(&hidden, &batch.valid, &locus)?;
         let l_roi = losses::roi_loss(
             &boxes,
             &batch.roi_target,
             &batch.roi_weight,
-            settings.roi_smooth_l1_beta,
+            settings.roi,
             counts.roi_rows,
         )?;
         let l_match = losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?;
@@ -217,11 +219,14 @@ impl Replica {
         let batch = data::collate(samples, self.special.0, self.special.1, self.device())?;
         let out = self.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
-        let boxes: Vec<Vec<f32>> = self
+        let (boxes, locus) = self
             .roi
-            .forward(&hidden, &batch.image_mask, None)?
-            .to_vec2()?;
-        let logits: Vec<f32> = self.matcher.forward(&hidden, &batch.valid)?.to_vec1()?;
+            .forward(&hidden, &batch.image_mask, &batch.coords, None)?;
+        let logits: Vec<f32> = self
+            .matcher
+            .forward(&hidden, &batch.valid, &locus)?
+            .to_vec1()?;
+        let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
         Ok(boxes
             .into_iter()
             .zip(logits)

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{self, Counts, Example, NegativeConfig};
 use super::devices::{self, DeviceSpec};
 use super::lora::LoraConfig;
-use super::losses::FocalConfig;
+use super::losses::{FocalConfig, RoiLossConfig};
 use super::optim::{cosine_with_warmup, Accumulated, AdamW, Group};
 use super::replica::{LossSettings, Prediction, Replica, Shard, ShardResult};
 use crate::model::folder::ModelFolder;
@@ -56,6 +56,9 @@ pub struct TrainConfig {
     pub focal_gamma: f64,
     pub missed_diagnosis_weight: f64,
     pub roi_smooth_l1_beta: f64,
+    /// Weights of the ROI loss's SmoothL1 (summed over the coordinates) and `1 - GIoU`.
+    pub roi_l1_weight: f64,
+    pub roi_giou_weight: f64,
     /// Rows of vocabulary-wide logits made at once for the LM loss.
     pub lm_chunk: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
@@ -66,6 +69,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         let lora = LoraConfig::default();
         let focal = FocalConfig::default();
+        let roi = RoiLossConfig::default();
         TrainConfig {
             epochs: 3,
             max_steps: 0,
@@ -86,7 +90,9 @@ impl Default for TrainConfig {
             focal_alpha: focal.alpha,
             focal_gamma: focal.gamma,
             missed_diagnosis_weight: focal.missed_weight,
-            roi_smooth_l1_beta: 0.1,
+            roi_smooth_l1_beta: roi.beta,
+            roi_l1_weight: roi.l1_weight,
+            roi_giou_weight: roi.giou_weight,
             lm_chunk: 256,
             checkpoint_every: 0,
         }
@@ -118,6 +124,16 @@ impl TrainConfig {
             self.lr_lora >= 0.0 && self.lr_heads >= 0.0,
             "learning rates cannot be negative"
         );
+        ensure!(
+            self.roi_l1_weight >= 0.0
+                && self.roi_giou_weight >= 0.0
+                && self.roi_l1_weight + self.roi_giou_weight > 0.0,
+            "roi_l1_weight and roi_giou_weight cannot be negative, and not both 0"
+        );
+        ensure!(
+            self.roi_smooth_l1_beta > 0.0,
+            "roi_smooth_l1_beta must be above 0"
+        );
         Ok(())
     }
 
@@ -137,7 +153,11 @@ impl TrainConfig {
                 gamma: self.focal_gamma,
                 missed_weight: self.missed_diagnosis_weight,
             },
-            roi_smooth_l1_beta: self.roi_smooth_l1_beta,
+            roi: RoiLossConfig {
+                beta: self.roi_smooth_l1_beta,
+                l1_weight: self.roi_l1_weight,
+                giou_weight: self.roi_giou_weight,
+            },
             lm_chunk: self.lm_chunk,
         }
     }
