@@ -845,3 +845,29 @@ fn restore(vars: &VarMap, file: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config file with an ROI loss that cannot work is refused with the setting's name.
+    #[test]
+    fn bad_roi_loss_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.toml");
+        for (text, named) in [
+            ("roi_l1_weight = -1.0\n", "roi_l1_weight"),
+            (
+                "roi_l1_weight = 0.0\nroi_giou_weight = 0.0\n",
+                "roi_giou_weight",
+            ),
+            ("roi_smooth_l1_beta = 0.0\n", "roi_smooth_l1_beta"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = TrainConfig::from_toml_file(&path).unwrap_err();
+            assert!(format!("{err:#}").contains(named), "{text}: {err:#}");
+        }
+        std::fs::write(&path, "roi_l1_weight = 1.0\nroi_giou_weight = 0.0\n").unwrap();
+        assert!(TrainConfig::from_toml_file(&path).is_ok());
+    }
+}
