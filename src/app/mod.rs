@@ -887,33 +887,73 @@ impl eframe::App for App {
 
 /// `roiscope` with no command: opens the window on `$ROISCOPE_PROJECT`, else the last project,
 /// else the sample project (prepared into the user's data folder the first time).
+///
+/// The window draws through OpenGL (eframe's glow renderer); where no OpenGL context can be made
+/// it opens through wgpu (Vulkan) instead. `$ROISCOPE_RENDERER=wgpu` asks for wgpu first. On a
+/// machine without a GPU (Mesa's llvmpipe rasterising in software) glow's simpler fragment shader
+/// draws a frame in about a quarter of wgpu's time (BENCHMARKS.md, the real window).
 pub fn run() -> anyhow::Result<()> {
-    let options = eframe::NativeOptions {
+    let wgpu_first = std::env::var("ROISCOPE_RENDERER").is_ok_and(|r| r == "wgpu");
+    let order = if wgpu_first {
+        [eframe::Renderer::Wgpu, eframe::Renderer::Glow]
+    } else {
+        [eframe::Renderer::Glow, eframe::Renderer::Wgpu]
+    };
+    let mut failures = Vec::new();
+    for renderer in order {
+        // Set once the app exists: an error after that is not the renderer failing to start.
+        let started = std::rc::Rc::new(std::cell::Cell::new(false));
+        let result = eframe::run_native("roiscope", native_options(renderer), {
+            let started = started.clone();
+            Box::new(move |cc| {
+                started.set(true);
+                Ok(Box::new(new_app(cc)))
+            })
+        });
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if !started.get() => {
+                eprintln!("roiscope: the {renderer} renderer did not start: {e}");
+                failures.push(format!("{renderer}: {e}"));
+            }
+            Err(e) => anyhow::bail!("the workbench window failed: {e}"),
+        }
+    }
+    anyhow::bail!("cannot open the workbench window ({})", failures.join("; "))
+}
+
+fn native_options(renderer: eframe::Renderer) -> eframe::NativeOptions {
+    eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_inner_size([1500.0, 950.0])
             .with_title("roiscope"),
+        renderer,
+        // Dithering adds a noise term to every pixel's shader: 13% of the frame in software
+        // (median 22.7 vs 26.3 ms flipping images under llvmpipe); it only hides banding in
+        // smooth gradients, which the workbench hardly draws (its noise is under half a level,
+        // so flat colours and 8-bit image pixels come out the same either way).
+        dithering: false,
+        // Reused by the second try when the first renderer does not start (winit makes one
+        // event loop per process); also the default.
+        run_and_return: true,
         ..Default::default()
-    };
-    eframe::run_native(
-        "roiscope",
-        options,
-        Box::new(|cc| {
-            let settings: Settings = cc
-                .storage
-                .and_then(|s| eframe::get_value(s, STORAGE_KEY))
-                .unwrap_or_default();
-            let mut workbench = Workbench::new(settings);
-            // $ROISCOPE_PROJECT opens that project instead of the last one.
-            let chosen = std::env::var_os("ROISCOPE_PROJECT").map(PathBuf::from);
-            match chosen.or_else(|| workbench.settings.project.clone()) {
-                Some(dir) if dir.exists() => workbench.open_project(&dir),
-                _ => workbench.commands.push(Command::OpenSample),
-            }
-            Ok(Box::new(App {
-                workbench,
-                frame_log: FrameLog::from_env(),
-            }))
-        }),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot open the workbench window: {e}"))
+    }
+}
+
+fn new_app(cc: &eframe::CreationContext<'_>) -> App {
+    let settings: Settings = cc
+        .storage
+        .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+        .unwrap_or_default();
+    let mut workbench = Workbench::new(settings);
+    // $ROISCOPE_PROJECT opens that project instead of the last one.
+    let chosen = std::env::var_os("ROISCOPE_PROJECT").map(PathBuf::from);
+    match chosen.or_else(|| workbench.settings.project.clone()) {
+        Some(dir) if dir.exists() => workbench.open_project(&dir),
+        _ => workbench.commands.push(Command::OpenSample),
+    }
+    App {
+        workbench,
+        frame_log: FrameLog::from_env(),
+    }
 }
