@@ -890,8 +890,8 @@ impl eframe::App for App {
 ///
 /// The window draws through OpenGL (eframe's glow renderer); where no OpenGL context can be made
 /// it opens through wgpu (Vulkan) instead. `$ROISCOPE_RENDERER=wgpu` asks for wgpu first. On a
-/// machine without a GPU (Mesa's llvmpipe rasterising in software) glow's simpler fragment shader
-/// draws a frame in about a quarter of wgpu's time (BENCHMARKS.md, the real window).
+/// machine without a GPU (Mesa's llvmpipe rasterising in software) glow draws a frame in about a
+/// fifth of wgpu's time (BENCHMARKS.md, the real window).
 pub fn run() -> anyhow::Result<()> {
     let wgpu_first = std::env::var("ROISCOPE_RENDERER").is_ok_and(|r| r == "wgpu");
     let order = if wgpu_first {
