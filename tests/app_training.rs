@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::DType;
 use egui::Vec2;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use egui_kittest::Harness;
 use roiscope::app::sample::ensure_sample_project;
 use roiscope::app::settings::Settings;
@@ -144,6 +144,95 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
     }
 }
 
+/// A stopped run goes on from its checkpoint (Continue run), here after a restart of the app and
+/// with steps logged past the checkpoint (as when `roiscope train` is killed): the run's curves
+/// are restored up to the checkpoint, the new steps join them and replace the stale ones, and
+/// its metrics.jsonl gives back the same curves.
+#[test]
+fn a_stopped_run_continues_from_its_checkpoint_with_its_curves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = ensure_sample_project(tmp.path().join("project")).unwrap();
+    let model = tmp.path().join("model");
+    init_model(InitSize::Tiny, &model, DType::F32, 0, |_, _| {}).unwrap();
+    let mut h = harness(&project, &model);
+    assert!(
+        h.get_by_label("Continue run")
+            .accesskit_node()
+            .is_disabled(),
+        "nothing to continue yet"
+    );
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    step_until(&mut h, "three steps", Duration::from_secs(300), |wb| {
+        wb.training.curves.len() >= 3
+    });
+    h.get_by_label("Stop and save").click();
+    step_until(&mut h, "the run to stop", Duration::from_secs(300), |wb| {
+        !wb.training.busy()
+    });
+    let run = h.state().training.showing.clone().unwrap();
+    let stopped_at = h.state().training.checkpoint_step.expect("a checkpoint");
+    assert_eq!(h.state().training.curves.len(), stopped_at);
+    drop(h);
+
+    // Two stale steps after the checkpoint, as a killed run leaves them.
+    let metrics = run.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last_step: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rfind(|v| v["event"] == "step")
+        .unwrap();
+    let mut stale = String::new();
+    for k in 1..=2 {
+        let mut v = last_step.clone();
+        v["step"] = (stopped_at + k).into();
+        v["total"] = 123.0.into();
+        stale += &format!("{v}\n");
+    }
+    std::fs::write(&metrics, text + &stale).unwrap();
+
+    // A new session: the run is listed, its curves restored, and it continues.
+    let mut h = harness(&project, &model);
+    let name = run.file_name().unwrap().to_string_lossy().into_owned();
+    h.get_by_label(&name).click();
+    h.run_steps(2);
+    assert_eq!(h.state().training.curves.len(), stopped_at + 2);
+    assert_eq!(h.state().training.checkpoint_step, Some(stopped_at));
+    h.get_by_label("Continue run").click();
+    h.run_steps(2);
+    assert!(h.state().training.busy());
+    assert_eq!(
+        h.state().training.curves.len(),
+        stopped_at,
+        "cut at the checkpoint"
+    );
+    step_until(&mut h, "new steps", Duration::from_secs(300), |wb| {
+        wb.training.curves.len() >= stopped_at + 3
+    });
+    h.get_by_label("Stop and save").click();
+    step_until(
+        &mut h,
+        "the run to stop again",
+        Duration::from_secs(300),
+        |wb| !wb.training.busy(),
+    );
+    let c = h.state().training.curves.clone();
+    let expected: Vec<f64> = (1..=c.len()).map(|s| s as f64).collect();
+    assert_eq!(c.steps, expected, "one point per step, in order");
+    assert!(
+        c.total.iter().all(|&t| t != 123.0),
+        "the stale steps are gone"
+    );
+    assert_eq!(c.total_steps, 40);
+    assert_eq!(h.state().training.checkpoint_step, Some(c.len()));
+    assert_eq!(h.state().training.runs, vec![run.clone()], "the same run");
+    let restored = Curves::from_metrics(&metrics).unwrap();
+    assert_eq!(restored.steps, c.steps);
+    assert_eq!(restored.total, c.total);
+    assert_eq!(restored.loss, c.loss);
+}
+
 #[test]
 fn a_model_folder_that_does_not_load_is_shown_and_the_app_lives() {
     let tmp = tempfile::tempdir().unwrap();
@@ -167,11 +256,12 @@ fn a_model_folder_that_does_not_load_is_shown_and_the_app_lives() {
     assert!(h.state().record.is_some());
 }
 
-/// Frame time with 10,000 points on each of the 13 curves (the responsiveness case): the
-/// UI pass stays far under a frame budget. The bound is loose (shared 2-core CI machines); the
-/// measured time is printed and recorded in BENCHMARKS.md.
+/// 10,000 points on each of the 13 curves (the responsiveness case) draw, and the
+/// dashboard says how many there are. How long such a frame takes is measured by
+/// `scripts/bench-workbench training` (BENCHMARKS.md), not here; the curves are thinned for
+/// drawing (`app::thin`, unit-tested there).
 #[test]
-fn ten_thousand_points_per_curve_keep_frames_fast() {
+fn ten_thousand_points_per_curve_draw() {
     use roiscope::train::trainer::Event;
     let mut wb = Workbench::new(Settings::default());
     wb.tab = Tab::Training;
@@ -198,15 +288,5 @@ fn ten_thousand_points_per_curve_keep_frames_fast() {
         .with_size(Vec2::new(1500.0, 950.0))
         .build_ui_state(|ui, wb: &mut Workbench| wb.ui(ui), wb);
     h.run_steps(3);
-    let mut times: Vec<Duration> = (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            h.step();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    let (median, worst) = (times[times.len() / 2], times[times.len() - 1]);
-    eprintln!("UI pass with 13 curves x 10,000 points: median {median:?}, worst {worst:?}");
-    assert!(worst < Duration::from_millis(500), "worst frame {worst:?}");
+    h.get_by_label("10000 points per curve");
 }

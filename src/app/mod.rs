@@ -18,6 +18,7 @@ pub mod predict;
 pub mod sample;
 pub mod settings;
 pub mod shortcuts;
+pub mod thin;
 pub mod training;
 
 use std::path::{Path, PathBuf};

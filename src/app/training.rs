@@ -1,7 +1,8 @@
 //! The training dashboard: the run's settings, Start / Pause / Stop-and-save, and live curves.
 //! The trainer runs on its own thread and talks only through channels; the UI drains them each
 //! frame and never waits. Every event also goes to `RUN_DIR/metrics.jsonl` (as with
-//! `roiscope train`), so earlier runs can be listed and their curves restored.
+//! `roiscope train`), so earlier runs can be listed and their curves restored; a listed run with
+//! a checkpoint can be continued (as `roiscope train --resume`), its curves growing on.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,10 @@ use egui::{RichText, Ui};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 use serde_json::Value;
 
-use crate::train::trainer::{load_inputs, Control, Event, TrainConfig, Trainer, TASKS};
+use super::thin::thin;
+use crate::train::trainer::{
+    latest_checkpoint, load_inputs, Control, Event, TrainConfig, Trainer, TASKS,
+};
 
 /// Every curve of a run, by optimiser step.
 #[derive(Debug, Clone, Default)]
@@ -46,7 +50,13 @@ impl Curves {
             ..
         } = e
         {
-            self.steps.push(*step as f64);
+            let x = *step as f64;
+            if self.steps.last().is_some_and(|&last| x <= last) {
+                // A resumed run repeats the steps after its checkpoint (a run killed after its
+                // last checkpoint logged more): the new ones replace the old from here on.
+                self.truncate(self.steps.partition_point(|&s| s < x));
+            }
+            self.steps.push(x);
             for i in 0..3 {
                 self.loss[i].push(loss[i]);
                 self.weighted[i].push(weighted[i]);
@@ -97,6 +107,24 @@ impl Curves {
         Ok(curves)
     }
 
+    /// Keeps the points up to and including `step` (where a continued run picks up).
+    pub fn keep_until(&mut self, step: usize) {
+        self.truncate(self.steps.partition_point(|&s| s <= step as f64));
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.steps.truncate(n);
+        for v in self
+            .loss
+            .iter_mut()
+            .chain(&mut self.weighted)
+            .chain(&mut self.precision)
+            .chain([&mut self.total, &mut self.lr_lora, &mut self.lr_heads])
+        {
+            v.truncate(n);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.steps.len()
     }
@@ -137,6 +165,10 @@ pub struct TrainingPanel {
     runs_of: Option<PathBuf>,
     /// Which run the curves show.
     pub showing: Option<PathBuf>,
+    /// The step of that run's latest checkpoint, where Continue picks up.
+    pub checkpoint_step: Option<usize>,
+    /// The plots' x range last frame: the curves are thinned to it (see `thin`).
+    view_x: Option<(f64, f64)>,
     pub log: Vec<String>,
 }
 
@@ -155,6 +187,8 @@ impl Default for TrainingPanel {
             runs: Vec::new(),
             runs_of: None,
             showing: None,
+            checkpoint_step: None,
+            view_x: None,
             log: Vec::new(),
         }
     }
@@ -192,12 +226,10 @@ impl TrainingPanel {
     /// Starts a run on a worker thread. Loading the model happens there too, so a large model
     /// or a bad folder never blocks a frame; failures arrive as an error event.
     pub fn start(&mut self, ctx: &egui::Context, project: &Path, model: &Path) {
-        if self.run.as_ref().is_some_and(|r| !r.ended) {
+        if self.busy() {
             return;
         }
         let dir = new_run_dir(project);
-        let (control_tx, control_rx) = channel();
-        let (ui_tx, ui_rx) = channel();
         let (project, model, config, devices, out) = (
             project.to_path_buf(),
             model.to_path_buf(),
@@ -205,13 +237,67 @@ impl TrainingPanel {
             self.devices.clone(),
             dir.clone(),
         );
+        self.curves = Curves::default();
+        self.checkpoint_step = None;
+        self.log
+            .push(format!("starting a run in {}", dir.display()));
+        self.launch(ctx, dir, true, move || {
+            config.validate()?;
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create {}", out.display()))?;
+            new_trainer(&project, &model, config, &devices, &out)
+        });
+    }
+
+    /// Continues the run shown from its latest checkpoint, with the run's own settings (as
+    /// `roiscope train --resume`; the model folder and devices are the ones set here). The
+    /// curves keep the run's points up to the checkpoint and the new steps join them; the events
+    /// are appended to the run's `metrics.jsonl`.
+    pub fn continue_run(&mut self, ctx: &egui::Context, project: &Path, model: &Path) {
+        if self.busy() {
+            return;
+        }
+        let (Some(dir), Some(step)) = (self.showing.clone(), self.checkpoint_step) else {
+            return;
+        };
+        let (project, model, devices, run) = (
+            project.to_path_buf(),
+            model.to_path_buf(),
+            self.devices.clone(),
+            dir.clone(),
+        );
+        self.curves.keep_until(step);
+        self.log.push(format!(
+            "continuing {} from step {step}",
+            dir.file_name().map_or_else(
+                || dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned()
+            )
+        ));
+        self.launch(ctx, dir, false, move || {
+            let (devices, examples, folder) = load_inputs(&project, &model, &devices)?;
+            Trainer::resume(folder, examples, &run, &devices)
+        });
+    }
+
+    /// Runs the trainer that `make` builds (on the worker thread) with its events going to
+    /// `dir/metrics.jsonl` and to the UI. A new run's folder is removed again if the run never
+    /// started and left it empty.
+    fn launch(
+        &mut self,
+        ctx: &egui::Context,
+        dir: PathBuf,
+        new: bool,
+        make: impl FnOnce() -> anyhow::Result<Trainer> + Send + 'static,
+    ) {
+        let (control_tx, control_rx) = channel();
+        let (ui_tx, ui_rx) = channel();
+        let out = dir.clone();
         let ctx = ctx.clone();
         std::thread::spawn(move || {
+            lower_compute_priority();
             let result = (|| -> anyhow::Result<()> {
-                config.validate()?;
-                std::fs::create_dir_all(&out)
-                    .with_context(|| format!("cannot create {}", out.display()))?;
-                let mut trainer = new_trainer(&project, &model, config, &devices, &out)?;
+                let mut trainer = make()?;
                 let (tx, rx) = channel();
                 let metrics_path = out.join("metrics.jsonl");
                 let forward = {
@@ -226,19 +312,18 @@ impl TrainingPanel {
                 run.or(Ok(()))
             })();
             if let Err(e) = result {
-                // A run that never started leaves no folder behind (only removed when empty).
-                let _ = std::fs::remove_dir(&out);
+                if new {
+                    // A run that never started leaves no folder behind (only removed when empty).
+                    let _ = std::fs::remove_dir(&out);
+                }
                 let _ = ui_tx.send(Event::Error {
                     message: format!("{e:#}"),
                 });
             }
             ctx.request_repaint();
         });
-        self.curves = Curves::default();
         self.showing = Some(dir.clone());
         self.state = RunState::Loading;
-        self.log
-            .push(format!("starting a run in {}", dir.display()));
         self.run = Some(ActiveRun {
             dir,
             control: control_tx,
@@ -304,9 +389,11 @@ impl TrainingPanel {
                             self.state = RunState::Running;
                             self.log.push(format!("resumed at step {step}"));
                         }
-                        Event::Checkpoint { step, dir } => self
-                            .log
-                            .push(format!("step {step}: checkpoint {}", dir.display())),
+                        Event::Checkpoint { step, dir } => {
+                            self.checkpoint_step = Some(*step);
+                            self.log
+                                .push(format!("step {step}: checkpoint {}", dir.display()));
+                        }
                         Event::Warning { message } => self.log.push(format!("warning: {message}")),
                         Event::Stopped { step } => {
                             self.state =
@@ -471,6 +558,7 @@ impl TrainingPanel {
                 match Curves::from_metrics(&run.join("metrics.jsonl")) {
                     Ok(c) => {
                         self.curves = c;
+                        self.checkpoint_step = checkpoint_step(&run);
                         self.showing = Some(run);
                     }
                     Err(e) => self.log.push(format!("{e:#}")),
@@ -478,6 +566,35 @@ impl TrainingPanel {
             } else {
                 self.log
                     .push("a run is in progress; its curves stay on screen".into());
+            }
+        }
+        // A stopped run goes on from its latest checkpoint; a finished one has nothing left.
+        let resumable = self
+            .checkpoint_step
+            .is_some_and(|s| self.curves.total_steps == 0 || s < self.curves.total_steps);
+        let can_continue = !self.busy()
+            && self.showing.is_some()
+            && resumable
+            && project.is_some()
+            && !model_folder.trim().is_empty();
+        let continue_tip = match self.checkpoint_step {
+            Some(s) => format!(
+                "Continue the run shown from its checkpoint at step {s}, with its own settings \
+                 (as `roiscope train --resume`); its curves stay and the new steps join them"
+            ),
+            None => "Continue the run shown from its latest checkpoint".into(),
+        };
+        if ui
+            .add_enabled(can_continue, egui::Button::new("Continue run"))
+            .on_hover_text(continue_tip)
+            .on_disabled_hover_text(
+                "Show a stopped run that has a checkpoint (click it in the list) and give a \
+                 model folder; one run at a time",
+            )
+            .clicked()
+        {
+            if let Some(p) = project {
+                self.continue_run(ui.ctx(), p, Path::new(model_folder.trim()));
             }
         }
         ui.separator();
@@ -511,9 +628,13 @@ impl TrainingPanel {
             ui.label(format!("{} points per curve", c.len()));
         });
         let s = *smoothing;
-        let series = |v: &[f64]| -> PlotPoints<'static> { smooth(&c.steps, v, s).into() };
         let height = ((ui.available_height() - 20.0) / 2.0).max(120.0);
         let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
+        // About a bucket per pixel column over what is in view; see `thin`.
+        let (view, buckets) = (self.view_x, (width * ui.pixels_per_point()) as usize);
+        let series = |v: &[f64], alpha: f64| -> PlotPoints<'static> {
+            thin(&smooth(&c.steps, v, alpha), view, buckets).into()
+        };
         let group = ui.make_persistent_id("train-plots");
         let plot = |id: &str, title: &str| {
             Plot::new(id.to_string())
@@ -524,24 +645,33 @@ impl TrainingPanel {
                 .x_axis_label("step")
                 .y_axis_label(title.to_string())
         };
+        // The x axes are linked: any plot's range is the range of all.
+        let mut seen = None;
+        let mut note = |r: &egui_plot::PlotResponse<()>| {
+            let b = r.transform.bounds();
+            seen = Some((b.min()[0], b.max()[0]));
+        };
         ui.horizontal(|ui| {
             ui.vertical(|ui| {
                 ui.label(RichText::new("Raw loss per task").strong())
                     .on_hover_text("L_i for roi, match and lm");
-                plot("raw", "loss").show(ui, |p| {
+                note(&plot("raw", "loss").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
-                        p.line(Line::new(*t, series(&c.loss[i])));
+                        p.line(Line::new(*t, series(&c.loss[i], s)));
                     }
-                });
+                }));
             });
             ui.vertical(|ui| {
                 ui.label(RichText::new("Weighted terms and total").strong())
                     .on_hover_text("0.5 exp(-s_i) L_i + 0.5 s_i per task, and their sum");
                 plot("weighted", "term").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
-                        p.line(Line::new(format!("{t} weighted"), series(&c.weighted[i])));
+                        p.line(Line::new(
+                            format!("{t} weighted"),
+                            series(&c.weighted[i], s),
+                        ));
                     }
-                    p.line(Line::new("total", series(&c.total)).width(2.5));
+                    p.line(Line::new("total", series(&c.total, s)).width(2.5));
                 });
             });
         });
@@ -553,7 +683,7 @@ impl TrainingPanel {
                     );
                 plot("precision", "exp(-s)").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
-                        p.line(Line::new(format!("{t} weight"), series(&c.precision[i])));
+                        p.line(Line::new(format!("{t} weight"), series(&c.precision[i], s)));
                     }
                 });
             });
@@ -561,17 +691,12 @@ impl TrainingPanel {
                 ui.label(RichText::new("Learning rate").strong())
                     .on_hover_text("LoRA and heads parameter groups (warmup, cosine)");
                 plot("lr", "lr").show(ui, |p| {
-                    p.line(Line::new(
-                        "lr lora",
-                        PlotPoints::from(smooth(&c.steps, &c.lr_lora, 0.0)),
-                    ));
-                    p.line(Line::new(
-                        "lr heads",
-                        PlotPoints::from(smooth(&c.steps, &c.lr_heads, 0.0)),
-                    ));
+                    p.line(Line::new("lr lora", series(&c.lr_lora, 0.0)));
+                    p.line(Line::new("lr heads", series(&c.lr_heads, 0.0)));
                 });
             });
         });
+        self.view_x = seen.filter(|(lo, hi)| lo.is_finite() && hi.is_finite() && lo < hi);
     }
 }
 
@@ -617,6 +742,33 @@ fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
         ui.checkbox(&mut c.hard_negatives, "").on_hover_text("Draw negatives of the same modality/organ with another diagnosis");
         ui.end_row();
     });
+}
+
+/// Puts the calling thread and the rayon pool that candle computes on at nice 10. Training fills
+/// every core; at equal priority the UI thread waits its turn behind the trainer's threads and
+/// frames stretch past 50 ms on two cores. A nice value only ever rises without privileges, so
+/// the pool stays there (it only matters while something else wants the cores).
+fn lower_compute_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux PRIO_PROCESS with 0 is the calling thread, not the whole process.
+        let nice = || unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        };
+        nice();
+        rayon::broadcast(|_| nice());
+    }
+}
+
+/// The step of a run folder's latest `checkpoint-<step>`, if it has one.
+fn checkpoint_step(run: &Path) -> Option<usize> {
+    latest_checkpoint(run)
+        .ok()?
+        .file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .parse()
+        .ok()
 }
 
 fn devices_found() -> String {
