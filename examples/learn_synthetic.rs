@@ -49,8 +49,8 @@ fn main() {
         }
     });
     println!(
-        "train {} test {} steps {} ({:.0} s): mean IoU {:.3}, IoU>=0.5 {:.1}%, match AUC {:.3}; \
-         mean box IoU {:.3}",
+        "train {} test {} steps {} ({:.0} s): mean IoU {:.3}, IoU>=0.5 {:.1}%, match AUC {:.3} \
+         (mean probability {:.3} on true pairs, {:.3} swapped, std {:.3}); mean box IoU {:.3}",
         setup.train_images,
         setup.test_images,
         outcome.steps,
@@ -58,6 +58,9 @@ fn main() {
         outcome.mean_iou,
         outcome.iou_at_half * 100.0,
         outcome.auc,
+        outcome.match_means[0],
+        outcome.match_means[1],
+        outcome.match_std,
         outcome.mean_box_iou
     );
 }

@@ -89,7 +89,13 @@ fn heads_and_losses_match_pytorch() {
     assert!(absolute(&locus, &r["locus"]) < 1e-6);
     assert!(absolute(&pred, &r["pred_boxes"]) < 1e-6);
     let logits = matcher
-        .forward(states.as_tensor(), &r["valid"], &locus)
+        .forward(
+            states.as_tensor(),
+            &r["valid"],
+            &r["image"],
+            &r["embeds"],
+            &locus,
+        )
         .unwrap();
     assert!(absolute(&logits, &r["match_logits"]) < 1e-5);
 
@@ -142,7 +148,7 @@ fn heads_and_losses_match_pytorch() {
     }
     let g = grads.get(states.as_tensor()).unwrap();
     assert!(relative(g, &r["grad.states"]) < 1e-3);
-    assert_eq!(checked, 17);
+    assert_eq!(checked, 24);
 }
 
 #[test]

@@ -247,7 +247,7 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 
 /// A roiscope heads state dict with deterministic values.
 fn roiscope_heads(hidden: usize, seed: u64) -> HashMap<String, Tensor> {
-    let shapes: [(&str, &[usize]); 17] = [
+    let shapes: [(&str, &[usize]); 24] = [
         ("roi.pool.fc1.weight", &[512, hidden]),
         ("roi.pool.fc1.bias", &[512]),
         ("roi.pool.fc2.weight", &[1, 512]),
@@ -262,8 +262,15 @@ fn roiscope_heads(hidden: usize, seed: u64) -> HashMap<String, Tensor> {
         ("match.fc1.weight", &[256, hidden]),
         ("match.fc1.bias", &[256]),
         ("match.locus.weight", &[256, 4]),
+        ("match.film.weight", &[256, 4]),
         ("match.fc2.weight", &[1, 256]),
         ("match.fc2.bias", &[1]),
+        ("match.text_pool.fc1.weight", &[512, hidden]),
+        ("match.text_pool.fc1.bias", &[512]),
+        ("match.text_pool.fc2.weight", &[1, 512]),
+        ("match.place.weight", &[2, hidden]),
+        ("match.place.bias", &[2]),
+        ("match.agree.weight", &[1, 2]),
         ("task.log_vars", &[3]),
     ];
     shapes
@@ -319,6 +326,12 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
     let imported = Heads::load(&file, hidden, &Device::Cpu).unwrap();
     assert_eq!(imported.layout, HeadsLayout::Seed);
     assert_eq!(imported.log_vars, [0.1, -0.2, 0.3]);
+    // Nor a place comparison (imported with a zero agreement weight): compare without it.
+    let mut ours = ours;
+    ours.insert(
+        "match.agree.weight".into(),
+        Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap(),
+    );
     let reference =
         Heads::from_tensors(&ours, hidden, &Device::Cpu, HeadsLayout::Roiscope).unwrap();
     let states = randn(&[2, 5, hidden], 11);
@@ -329,15 +342,16 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
     .unwrap();
     // The seed's heads have no locus input (imported with zero weights): compare at locus 0.
     let no_locus = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+    let no_image = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
     let a: Vec<f32> = imported
         .matcher
-        .forward(&states, &valid, &no_locus)
+        .forward(&states, &valid, &no_image, &states, &no_locus)
         .unwrap()
         .to_vec1()
         .unwrap();
     let b: Vec<f32> = reference
         .matcher
-        .forward(&states, &valid, &no_locus)
+        .forward(&states, &valid, &no_image, &states, &no_locus)
         .unwrap()
         .to_vec1()
         .unwrap();

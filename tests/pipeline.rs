@@ -88,9 +88,10 @@ fn forward_backward(model: &Qwen3Vl, heads: &Heads, batch: &Batch, settings: &Va
         .roi
         .forward(&hidden, &batch.image_mask, &batch.coords, None)
         .unwrap();
+    let embeds = model.token_embeddings(&batch.input).unwrap();
     let logits = heads
         .matcher
-        .forward(&hidden, &batch.valid, &locus)
+        .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)
         .unwrap();
     // One whole batch: the losses are divided by its own counts.
     let roi_rows = f64::from(

@@ -371,6 +371,7 @@ impl Pipeline {
         )?;
         let out = self.folder.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
+        let embeds = self.folder.model.token_embeddings(&batch.input)?;
         let (boxes, locus) =
             self.heads
                 .roi
@@ -378,7 +379,7 @@ impl Pipeline {
         let logits: Vec<f32> = self
             .heads
             .matcher
-            .forward(&hidden, &batch.valid, &locus)?
+            .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)?
             .to_vec1()?;
         let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
         Ok(boxes

@@ -129,6 +129,15 @@ impl Qwen3Vl {
         out
     }
 
+    /// The input embeddings `(batch, seq, hidden)` of `input`'s tokens in f32, outside the graph:
+    /// what a token says before any layer has mixed the image into it.
+    pub fn token_embeddings(&self, input: &ModelInput) -> anyhow::Result<Tensor> {
+        let len = input.input_ids.first().map_or(0, Vec::len);
+        let flat: Vec<u32> = input.input_ids.concat();
+        let ids = Tensor::from_vec(flat, (input.input_ids.len(), len), self.device())?;
+        Ok(self.text.embed(&ids)?.detach().to_dtype(DType::F32)?)
+    }
+
     /// The LM head's weight `(vocab, hidden)` (the embeddings when tied).
     pub fn lm_head(&self) -> &Tensor {
         self.lm_head.as_ref().unwrap_or(&self.text.embed_tokens)

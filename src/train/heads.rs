@@ -11,8 +11,10 @@
 //! transformer's final states carry little absolute position (in the tiny random model about 5%
 //! of an image token's state; BENCHMARKS.md, learning proof), so a box regressed from pooled
 //! content alone cannot say *where*; the locus can. The match head gets it detached, so that
-//! verifying a text against the located region does not pull on where the ROI head looks. The
-//! seed's heads have no locus: imported seed heads get zero locus weights (`infer::heads`).
+//! verifying a text against the located region does not pull on where the ROI head looks, and
+//! both adds it to and scales by it the pair's features and compares the place the pair's
+//! features point at with the locus' centre (see [`MatchHead`]). The seed's heads have no locus:
+//! imported seed heads get zero locus weights (`infer::heads`).
 //!
 //! The learned task weights `s_i` combine the losses as `0.5 * exp(-s_i) * L_i + 0.5 * s_i`.
 
@@ -216,7 +218,22 @@ pub struct MatchHead {
     pub pool: AttentionPool,
     fc1: Linear,
     locus: Linear,
+    /// Scales each hidden feature of the pair by `1 + film(locus)` (FiLM). Whether a text fits
+    /// the image is an interaction: the place a text names and the place the lesion lies are each
+    /// spread evenly over true and swapped pairs, so a sum of their features carries no
+    /// first-order signal and the head stays at chance; a product does. Starts at zero, where
+    /// the head is the plain sum.
+    film: Linear,
     fc2: Linear,
+    /// Pools the text tokens' input embeddings: what the text says, with nothing of the image.
+    pub text_pool: AttentionPool,
+    /// Where the text says the region should be, `(x, y)` through a sigmoid.
+    place: Linear,
+    /// Weighs the squared miss between that place and the located region's centre into the
+    /// logit. A text that names a place is right about an image when the region is there: this
+    /// is the comparison itself, not something the ReLU layer must discover. Starts at -36 per
+    /// coordinate: a miss by a sixth of the image costs one logit.
+    agree: Linear,
 }
 
 impl MatchHead {
@@ -225,16 +242,49 @@ impl MatchHead {
             pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
             fc1: linear(&vb.pp("fc1"), c.match_hidden, hidden)?,
             locus: linear_with(&vb.pp("locus"), c.match_hidden, 4, false)?,
+            film: Linear {
+                weight: vb.pp("film").get_with_hints(
+                    (c.match_hidden, 4),
+                    "weight",
+                    Init::Const(0.0),
+                )?,
+                bias: None,
+                lora: None,
+            },
             fc2: linear(&vb.pp("fc2"), 1, c.match_hidden)?,
+            text_pool: AttentionPool::load(vb.pp("text_pool"), hidden, c.pool_hidden)?,
+            place: linear(&vb.pp("place"), 2, hidden)?,
+            agree: Linear {
+                weight: vb
+                    .pp("agree")
+                    .get_with_hints((1, 2), "weight", Init::Const(-36.0))?,
+                bias: None,
+                lora: None,
+            },
         })
     }
 
     /// One logit per row `(batch)` for the pair, pooled over the valid tokens (`valid`, 0/1),
-    /// with the ROI head's `locus` (detached here).
-    pub fn forward(&self, states: &Tensor, valid: &Tensor, locus: &Tensor) -> Result<Tensor> {
+    /// with the ROI head's `locus` (detached here). The place is read off the input embeddings
+    /// `embeds` of the text tokens (the valid ones not in `image_mask`): every final state of a
+    /// causal model after the image can see the image, and a place read off those learned where
+    /// the image's region is and agreed with every image (match scores constant, AUC 0.51).
+    pub fn forward(
+        &self,
+        states: &Tensor,
+        valid: &Tensor,
+        image_mask: &Tensor,
+        embeds: &Tensor,
+        locus: &Tensor,
+    ) -> Result<Tensor> {
         let (pooled, _) = self.pool.forward(states, valid)?;
-        let pre = (self.fc1.forward(&pooled)? + self.locus.forward(&locus.detach())?)?;
-        self.fc2.forward(&pre.relu()?)?.squeeze(1)
+        let (text, _) = self.text_pool.forward(embeds, &(valid - image_mask)?)?;
+        let locus = locus.detach();
+        let scale = (self.film.forward(&locus)? + 1.0)?;
+        let pre = ((self.fc1.forward(&pooled)? * scale)? + self.locus.forward(&locus)?)?;
+        let place = candle_nn::ops::sigmoid(&self.place.forward(&text)?)?;
+        let miss = (place - locus.narrow(1, 0, 2)?)?.sqr()?;
+        self.fc2.forward(&pre.relu()?)?.squeeze(1)? + self.agree.forward(&miss)?.squeeze(1)?
     }
 }
 

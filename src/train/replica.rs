@@ -175,11 +175,14 @@ impl Replica {
         let out = self.model.forward(&batch.input, Exec::Differentiable);
         self.dropout.end();
         let hidden = out?.hidden.to_dtype(DType::F32)?;
+        let embeds = self.model.token_embeddings(&batch.input)?;
         let counts = shard.counts;
         let (boxes, locus) =
             self.roi
                 .forward(&hidden, &batch.image_mask, &batch.coords, Some(&plan))?;
-        let logits = self.matcher.forward(&hidden, &batch.valid, &locus)?;
+        let logits =
+            self.matcher
+                .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)?;
         let l_roi = losses::roi_loss(
             &boxes,
             &batch.roi_target,
@@ -219,12 +222,13 @@ impl Replica {
         let batch = data::collate(samples, self.special.0, self.special.1, self.device())?;
         let out = self.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
+        let embeds = self.model.token_embeddings(&batch.input)?;
         let (boxes, locus) = self
             .roi
             .forward(&hidden, &batch.image_mask, &batch.coords, None)?;
         let logits: Vec<f32> = self
             .matcher
-            .forward(&hidden, &batch.valid, &locus)?
+            .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)?
             .to_vec1()?;
         let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
         Ok(boxes

@@ -32,6 +32,10 @@ pub struct Outcome {
     /// Mean IoU of always answering the training set's mean box.
     pub mean_box_iou: f64,
     pub auc: f64,
+    /// Mean match probability on true pairs and on swapped pairs, and the standard deviation over
+    /// all of them (0: the head gives every pair the same score).
+    pub match_means: [f64; 2],
+    pub match_std: f64,
     pub first_loss: [f64; 3],
     pub last_loss: [f64; 3],
     pub steps: usize,
@@ -135,6 +139,12 @@ pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcom
                 let scores = [probs(true_pairs), probs(swapped)].concat();
                 let labels: Vec<bool> = (0..scores.len()).map(|i| i < true_pairs.len()).collect();
                 roc_auc(&scores, &labels).expect("both classes are present")
+            },
+            match_means: [mean(&probs(true_pairs)), mean(&probs(swapped))],
+            match_std: {
+                let all = probs(&predictions);
+                let m = mean(&all);
+                mean(&all.iter().map(|p| (p - m).powi(2)).collect::<Vec<_>>()).sqrt()
             },
             first_loss: losses.first().copied().unwrap_or_default(),
             last_loss: losses.last().copied().unwrap_or_default(),
