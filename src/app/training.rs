@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::thin::thin;
 use crate::train::trainer::{
-    latest_checkpoint, load_inputs, Control, Event, TrainConfig, Trainer, TASKS,
+    checkpoint_step, latest_checkpoint, load_inputs, Control, Event, TrainConfig, Trainer, TASKS,
 };
 
 /// Every curve of a run, by optimiser step.
@@ -558,7 +558,10 @@ impl TrainingPanel {
                 match Curves::from_metrics(&run.join("metrics.jsonl")) {
                     Ok(c) => {
                         self.curves = c;
-                        self.checkpoint_step = checkpoint_step(&run);
+                        self.checkpoint_step = latest_checkpoint(&run)
+                            .ok()
+                            .as_deref()
+                            .and_then(checkpoint_step);
                         self.showing = Some(run);
                     }
                     Err(e) => self.log.push(format!("{e:#}")),
@@ -758,17 +761,6 @@ fn lower_compute_priority() {
         nice();
         rayon::broadcast(|_| nice());
     }
-}
-
-/// The step of a run folder's latest `checkpoint-<step>`, if it has one.
-fn checkpoint_step(run: &Path) -> Option<usize> {
-    latest_checkpoint(run)
-        .ok()?
-        .file_name()?
-        .to_str()?
-        .strip_prefix("checkpoint-")?
-        .parse()
-        .ok()
 }
 
 fn devices_found() -> String {

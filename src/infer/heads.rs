@@ -58,8 +58,8 @@ pub fn is_seed_layout(tensors: &HashMap<String, Tensor>) -> bool {
 /// imported ROI weights are a starting point for fine-tuning, not the seed's boxes. The match
 /// head scores the same pooled state through the same layers, so its logits are the seed's on
 /// the same token sequence. The seed's heads have no locus input (`train::heads`): its weights
-/// (and the match head's FiLM, text pooling, place and agreement weights) are set to zero, which leaves the
-/// seed's layers computing exactly what they did.
+/// (and the match head's FiLM, text pooling, place and agreement weights) are set to zero, which
+/// leaves the seed's layers computing exactly what they did.
 pub fn from_seed(tensors: &HashMap<String, Tensor>) -> anyhow::Result<HashMap<String, Tensor>> {
     let mapping: [(&str, &[&str]); 12] = [
         (
@@ -125,16 +125,13 @@ pub fn from_seed(tensors: &HashMap<String, Tensor>) -> anyhow::Result<HashMap<St
         let zeros = Tensor::zeros((inner, 4), out[fc1].dtype(), out[fc1].device())?;
         out.insert(format!("{head}.locus.weight"), zeros);
     }
-    let inner = out["match.fc1.weight"].dim(0)?;
+    // No FiLM and no place comparison either: with zero FiLM and agreement weights the seed's
+    // logit is what it was.
     let w = out["match.fc1.weight"].clone();
-    out.insert(
-        "match.film.weight".into(),
-        Tensor::zeros((inner, 4), w.dtype(), w.device())?,
-    );
-    // No place comparison either: a zero agreement weight leaves the seed's logit as it was.
-    let hidden = w.dim(1)?;
+    let (inner, hidden) = w.dims2()?;
     let pool = out["match.pool.fc1.weight"].dim(0)?;
     for (name, shape) in [
+        ("match.film.weight", &[inner, 4][..]),
         ("match.text_pool.fc1.weight", &[pool, hidden][..]),
         ("match.text_pool.fc1.bias", &[pool][..]),
         ("match.text_pool.fc2.weight", &[1, pool][..]),

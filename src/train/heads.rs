@@ -12,8 +12,8 @@
 //! of an image token's state; BENCHMARKS.md, learning proof), so a box regressed from pooled
 //! content alone cannot say *where*; the locus can. The match head gets it detached, so that
 //! verifying a text against the located region does not pull on where the ROI head looks, and
-//! both adds it to and scales by it the pair's features and compares the place the pair's
-//! features point at with the locus' centre (see [`MatchHead`]). The seed's heads have no locus:
+//! both adds it to and scales by it the pair's features and compares the place the text's input
+//! embeddings point at with the locus' centre (see [`MatchHead`]). The seed's heads have no locus:
 //! imported seed heads get zero locus weights (`infer::heads`).
 //!
 //! The learned task weights `s_i` combine the losses as `0.5 * exp(-s_i) * L_i + 0.5 * s_i`.
@@ -62,6 +62,15 @@ fn linear_with(vb: &VarBuilder, out: usize, inp: usize, bias: bool) -> Result<Li
         } else {
             None
         },
+        lora: None,
+    })
+}
+
+/// A linear layer without bias whose weights all start at `value`.
+fn constant_linear(vb: &VarBuilder, out: usize, inp: usize, value: f64) -> Result<Linear> {
+    Ok(Linear {
+        weight: vb.get_with_hints((out, inp), "weight", Init::Const(value))?,
+        bias: None,
         lora: None,
     })
 }
@@ -242,25 +251,11 @@ impl MatchHead {
             pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
             fc1: linear(&vb.pp("fc1"), c.match_hidden, hidden)?,
             locus: linear_with(&vb.pp("locus"), c.match_hidden, 4, false)?,
-            film: Linear {
-                weight: vb.pp("film").get_with_hints(
-                    (c.match_hidden, 4),
-                    "weight",
-                    Init::Const(0.0),
-                )?,
-                bias: None,
-                lora: None,
-            },
+            film: constant_linear(&vb.pp("film"), c.match_hidden, 4, 0.0)?,
             fc2: linear(&vb.pp("fc2"), 1, c.match_hidden)?,
             text_pool: AttentionPool::load(vb.pp("text_pool"), hidden, c.pool_hidden)?,
             place: linear(&vb.pp("place"), 2, hidden)?,
-            agree: Linear {
-                weight: vb
-                    .pp("agree")
-                    .get_with_hints((1, 2), "weight", Init::Const(-36.0))?,
-                bias: None,
-                lora: None,
-            },
+            agree: constant_linear(&vb.pp("agree"), 1, 2, -36.0)?,
         })
     }
 

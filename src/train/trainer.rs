@@ -804,11 +804,7 @@ pub fn latest_checkpoint(run: &Path) -> anyhow::Result<PathBuf> {
     let mut best: Option<(usize, PathBuf)> = None;
     for entry in std::fs::read_dir(run).with_context(|| format!("cannot read {}", run.display()))? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(step) = name
-            .strip_prefix("checkpoint-")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
+        if let Some(step) = checkpoint_step(&entry.path()) {
             if best.as_ref().is_none_or(|(s, _)| step > *s) {
                 best = Some((step, entry.path()));
             }
@@ -816,6 +812,15 @@ pub fn latest_checkpoint(run: &Path) -> anyhow::Result<PathBuf> {
     }
     best.map(|(_, p)| p)
         .with_context(|| format!("{} has no checkpoint to resume from", run.display()))
+}
+
+/// The step of a `checkpoint-<step>` folder, from its name.
+pub fn checkpoint_step(dir: &Path) -> Option<usize> {
+    dir.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .parse()
+        .ok()
 }
 
 /// Sets every variable from a safetensors file that must hold exactly these names and shapes.
