@@ -196,7 +196,10 @@ fn a_stopped_run_continues_from_its_checkpoint_with_its_curves() {
     let mut h = harness(&project, &model);
     let name = run.file_name().unwrap().to_string_lossy().into_owned();
     h.get_by_label(&name).click();
-    h.run_steps(2);
+    // The curves are read on a worker thread.
+    step_until(&mut h, "the curves", Duration::from_secs(60), |wb| {
+        wb.training.curves.len() > 0
+    });
     assert_eq!(h.state().training.curves.len(), stopped_at + 2);
     assert_eq!(h.state().training.checkpoint_step, Some(stopped_at));
     h.get_by_label("Continue run").click();

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -157,6 +157,10 @@ pub enum RunState {
 pub struct TrainingPanel {
     pub config: TrainConfig,
     pub devices: String,
+    /// CPU threads the trainer computes on. One core is left to the window by default: with
+    /// every core busy, the frames the compositor and the software rasteriser must draw wait
+    /// behind the trainer (measured: BENCHMARKS.md, workbench).
+    pub threads: usize,
     pub run: Option<ActiveRun>,
     pub curves: Curves,
     pub state: RunState,
@@ -169,6 +173,8 @@ pub struct TrainingPanel {
     pub checkpoint_step: Option<usize>,
     /// The plots' x range last frame: the curves are thinned to it (see `thin`).
     view_x: Option<(f64, f64)>,
+    /// A run whose curves a worker thread is reading (`load_run`).
+    loading: Option<(PathBuf, Receiver<anyhow::Result<(Curves, Option<usize>)>>)>,
     pub log: Vec<String>,
 }
 
@@ -181,6 +187,7 @@ impl Default for TrainingPanel {
                 ..TrainConfig::default()
             },
             devices: "cpu".into(),
+            threads: default_trainer_threads(),
             run: None,
             curves: Curves::default(),
             state: RunState::Idle,
@@ -189,6 +196,7 @@ impl Default for TrainingPanel {
             showing: None,
             checkpoint_step: None,
             view_x: None,
+            loading: None,
             log: Vec::new(),
         }
     }
@@ -294,10 +302,17 @@ impl TrainingPanel {
         let (ui_tx, ui_rx) = channel();
         let out = dir.clone();
         let ctx = ctx.clone();
+        let threads = self.threads.max(1);
         std::thread::spawn(move || {
             lower_compute_priority();
             let result = (|| -> anyhow::Result<()> {
-                let mut trainer = make()?;
+                // candle computes on the rayon pool it is called from; this one is the run's own.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("trainer-{i}"))
+                    .build()?;
+                pool.broadcast(|_| lower_compute_priority());
+                let mut trainer = pool.install(make)?;
                 let (tx, rx) = channel();
                 let metrics_path = out.join("metrics.jsonl");
                 let forward = {
@@ -305,8 +320,8 @@ impl TrainingPanel {
                     let ctx = ctx.clone();
                     std::thread::spawn(move || forward_events(rx, &metrics_path, &ui_tx, &ctx))
                 };
-                let run = trainer.run(&tx, &control_rx);
-                drop(tx);
+                // The sender drops with the closure, which ends the forwarding thread.
+                let run = pool.install(move || trainer.run(&tx, &control_rx));
                 let _ = forward.join();
                 // The trainer already reported its own failure as an event.
                 run.or(Ok(()))
@@ -446,6 +461,52 @@ impl TrainingPanel {
         self.runs = runs;
     }
 
+    /// Reads the curves of `run` on a worker thread (10,000 steps take tens of milliseconds,
+    /// too long for one frame); `poll_loading` shows them when they arrive.
+    pub fn load_run(&mut self, ctx: &egui::Context, run: PathBuf) {
+        let (tx, rx) = channel();
+        let ctx = ctx.clone();
+        let dir = run.clone();
+        std::thread::spawn(move || {
+            let curves = Curves::from_metrics(&dir.join("metrics.jsonl"));
+            let step = latest_checkpoint(&dir)
+                .ok()
+                .as_deref()
+                .and_then(checkpoint_step);
+            let _ = tx.send(curves.map(|c| (c, step)));
+            ctx.request_repaint();
+        });
+        self.loading = Some((run, rx));
+    }
+
+    fn poll_loading(&mut self) {
+        let Some((run, rx)) = &self.loading else {
+            return;
+        };
+        let result = match rx.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => {
+                Err(anyhow::anyhow!("reading the run's curves failed"))
+            }
+        };
+        let run = run.clone();
+        self.loading = None;
+        // A run started meanwhile keeps its own curves.
+        if self.busy() {
+            return;
+        }
+        match result {
+            Ok((curves, step)) => {
+                self.curves = curves;
+                self.checkpoint_step = step;
+                self.view_x = None;
+                self.showing = Some(run);
+            }
+            Err(e) => self.log.push(format!("{e:#}")),
+        }
+    }
+
     pub fn busy(&self) -> bool {
         self.run.as_ref().is_some_and(|r| !r.ended)
     }
@@ -458,6 +519,7 @@ impl TrainingPanel {
         smoothing: &mut f64,
     ) {
         self.poll();
+        self.poll_loading();
         if let Some(p) = project {
             self.refresh_runs(p);
         }
@@ -486,6 +548,13 @@ impl TrainingPanel {
                 .labelled_by(label.id)
                 .on_hover_text("One replica per device: cpu, cuda:0, cuda:0,1 (data parallel); cpu,cpu runs two CPU replicas");
             ui.label(RichText::new(format!("found: {}", devices_found())).small());
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("CPU threads");
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            ui.add_enabled(!busy, egui::DragValue::new(&mut self.threads).range(1..=cores))
+                .labelled_by(label.id)
+                .on_hover_text("Threads the trainer computes on; by default all cores but one, so the window stays responsive while a run trains");
         });
         ui.add_enabled_ui(!busy, |ui| config_ui(ui, &mut self.config));
         ui.separator();
@@ -538,6 +607,12 @@ impl TrainingPanel {
         if self.runs.is_empty() {
             ui.label(RichText::new("no runs in this project yet").small());
         }
+        if let Some((run, _)) = &self.loading {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!("reading {}", run.display()));
+            });
+        }
         let mut load = None;
         for run in &self.runs {
             let name = run
@@ -555,17 +630,7 @@ impl TrainingPanel {
         }
         if let Some(run) = load {
             if !self.busy() {
-                match Curves::from_metrics(&run.join("metrics.jsonl")) {
-                    Ok(c) => {
-                        self.curves = c;
-                        self.checkpoint_step = latest_checkpoint(&run)
-                            .ok()
-                            .as_deref()
-                            .and_then(checkpoint_step);
-                        self.showing = Some(run);
-                    }
-                    Err(e) => self.log.push(format!("{e:#}")),
-                }
+                self.load_run(ui.ctx(), run);
             } else {
                 self.log
                     .push("a run is in progress; its curves stay on screen".into());
@@ -751,16 +816,18 @@ fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
 /// every core; at equal priority the UI thread waits its turn behind the trainer's threads and
 /// frames stretch past 50 ms on two cores. A nice value only ever rises without privileges, so
 /// the pool stays there (it only matters while something else wants the cores).
+/// Lowers the calling thread's scheduling priority (nice 10) so the window's threads go first.
 fn lower_compute_priority() {
+    // On Linux PRIO_PROCESS with 0 is the calling thread, not the whole process.
     #[cfg(target_os = "linux")]
-    {
-        // On Linux PRIO_PROCESS with 0 is the calling thread, not the whole process.
-        let nice = || unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, 0, 10);
-        };
-        nice();
-        rayon::broadcast(|_| nice());
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
+}
+
+/// All cores but one, at least one.
+pub fn default_trainer_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
 fn devices_found() -> String {
