@@ -10,8 +10,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use roiscope::train::heads::{image_token_coords, HeadsConfig, MatchHead, RoiHead, TaskWeights};
-use roiscope::train::losses::{focal_loss, lm_loss, roi_loss, FocalConfig, RoiLossConfig};
+use roiscope::train::heads::{
+    box_centre, image_token_coords, HeadsConfig, MatchHead, RoiHead, TaskWeights,
+};
+use roiscope::train::losses::{
+    focal_loss, lm_loss, place_loss, roi_loss, FocalConfig, RoiLossConfig,
+};
 use support::{max_abs_diff as absolute, relative_diff as relative};
 
 fn reference() -> HashMap<String, Tensor> {
@@ -88,16 +92,18 @@ fn heads_and_losses_match_pytorch() {
         .unwrap();
     assert!(absolute(&locus, &r["locus"]) < 1e-6);
     assert!(absolute(&pred, &r["pred_boxes"]) < 1e-6);
-    let logits = matcher
+    let (logits, place) = matcher
         .forward(
             states.as_tensor(),
             &r["valid"],
             &r["image"],
             &r["embeds"],
             &locus,
+            &box_centre(&pred).unwrap(),
         )
         .unwrap();
     assert!(absolute(&logits, &r["match_logits"]) < 1e-5);
+    assert!(absolute(&place, &r["place"]) < 1e-6);
 
     let scalar = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     let roi_rows = scalar(&r["roi_weight"]);
@@ -110,7 +116,16 @@ fn heads_and_losses_match_pytorch() {
     )
     .unwrap();
     let samples = r["labels"].elem_count() as f64;
-    let l_match = focal_loss(&logits, &r["labels"], FocalConfig::default(), samples).unwrap();
+    let l_match = (focal_loss(&logits, &r["labels"], FocalConfig::default(), samples).unwrap()
+        + place_loss(
+            &place,
+            &r["boxes"],
+            &r["roi_weight"],
+            RoiLossConfig::default().beta,
+            roi_rows,
+        )
+        .unwrap())
+    .unwrap();
     let targets: Vec<(usize, usize, u32)> = r["lm_targets"]
         .to_vec2::<i64>()
         .unwrap()
@@ -148,7 +163,7 @@ fn heads_and_losses_match_pytorch() {
     }
     let g = grads.get(states.as_tensor()).unwrap();
     assert!(relative(g, &r["grad.states"]) < 1e-3);
-    assert_eq!(checked, 24);
+    assert_eq!(checked, 29);
 }
 
 #[test]

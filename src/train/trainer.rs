@@ -55,6 +55,9 @@ pub struct TrainConfig {
     pub focal_alpha: f64,
     pub focal_gamma: f64,
     pub missed_diagnosis_weight: f64,
+    /// Weight of the place loss (the match head's reading of where a text puts the region,
+    /// against the text's own box) within the match loss.
+    pub place_loss_weight: f64,
     pub roi_smooth_l1_beta: f64,
     /// Weights of the ROI loss's SmoothL1 (summed over the coordinates) and `1 - GIoU`.
     pub roi_l1_weight: f64,
@@ -90,6 +93,7 @@ impl Default for TrainConfig {
             focal_alpha: focal.alpha,
             focal_gamma: focal.gamma,
             missed_diagnosis_weight: focal.missed_weight,
+            place_loss_weight: 1.0,
             roi_smooth_l1_beta: roi.beta,
             roi_l1_weight: roi.l1_weight,
             roi_giou_weight: roi.giou_weight,
@@ -134,6 +138,10 @@ impl TrainConfig {
             self.roi_smooth_l1_beta > 0.0,
             "roi_smooth_l1_beta must be above 0"
         );
+        ensure!(
+            self.place_loss_weight >= 0.0,
+            "place_loss_weight cannot be negative"
+        );
         Ok(())
     }
 
@@ -158,6 +166,7 @@ impl TrainConfig {
                 l1_weight: self.roi_l1_weight,
                 giou_weight: self.roi_giou_weight,
             },
+            place_weight: self.place_loss_weight,
             lm_chunk: self.lm_chunk,
         }
     }

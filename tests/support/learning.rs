@@ -155,7 +155,10 @@ pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcom
 }
 
 /// The settings of the learning proof: the defaults, with every sample's batch on one step
-/// (no accumulation) and `steps` optimiser steps.
+/// (no accumulation), `steps` optimiser steps, and the match loss without the missed-diagnosis
+/// weight and with focal alpha 0.5 (with true pairs under 0.5 weighted 10x the head settled on
+/// one score just above 0.5 for every pair while it could not yet tell pairs apart;
+/// BENCHMARKS.md).
 pub fn proof_config(steps: usize) -> TrainConfig {
     TrainConfig {
         max_steps: steps,
@@ -164,6 +167,8 @@ pub fn proof_config(steps: usize) -> TrainConfig {
         warmup_steps: 20,
         lr_lora: 1e-3,
         lr_heads: 3e-3,
+        missed_diagnosis_weight: 1.0,
+        focal_alpha: 0.5,
         ..TrainConfig::default()
     }
 }
