@@ -103,8 +103,7 @@ pub fn place_loss(
     beta: f64,
     rows: f64,
 ) -> Result<Tensor> {
-    let centre = ((target.narrow(1, 0, 2)? + target.narrow(1, 2, 2)?)? * 0.5)?;
-    let per = smooth_l1(place, &centre, beta)?;
+    let per = smooth_l1(place, &super::heads::box_centre(target)?, beta)?;
     if rows < 0.5 {
         return (per * 0.0)?.sum_all();
     }

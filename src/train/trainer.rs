@@ -876,6 +876,7 @@ mod tests {
                 "roi_giou_weight",
             ),
             ("roi_smooth_l1_beta = 0.0\n", "roi_smooth_l1_beta"),
+            ("place_loss_weight = -1.0\n", "place_loss_weight"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = TrainConfig::from_toml_file(&path).unwrap_err();
