@@ -19,6 +19,7 @@ fn the_roi_head_learns_where_the_lesion_is() {
         test_images: 48,
         size: 64,
         config: learning::proof_config(200),
+        seed: 1,
     };
     let outcome = learning::run(tmp.path(), &setup, |_| {});
     eprintln!("{outcome:?}");

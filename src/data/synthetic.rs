@@ -71,6 +71,13 @@ pub fn diagnosis(row: usize, column: usize) -> String {
     format!("A bright round lesion in the {place} of the image.")
 }
 
+/// The (`row`, `column`) a diagnosis of [`diagnosis`] names; None for any other text.
+pub fn place_of(text: &str) -> Option<(usize, usize)> {
+    (0..9)
+        .map(|i| (i / 3, i % 3))
+        .find(|&(r, c)| diagnosis(r, c) == text.trim())
+}
+
 /// Draws one image of `size` pixels from `rng`.
 pub fn draw(size: u32, rng: &mut SplitMix) -> Lesion {
     let s = f64::from(size);
@@ -229,6 +236,8 @@ mod tests {
             } else {
                 COLUMNS[l.column]
             }));
+            assert_eq!(place_of(&l.diagnosis()), Some((l.row, l.column)));
         }
+        assert_eq!(place_of("A bright round lesion."), None);
     }
 }

@@ -10,6 +10,7 @@
 //! With several devices each [`Replica`] takes a part of every batch; their gradients are summed
 //! (`devices::reduce`) and the step is taken once, so the run equals the run on one device.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::time::Instant;
@@ -701,23 +702,24 @@ impl Trainer {
         let results: Vec<anyhow::Result<ShardResult>> = if shards.len() == 1 {
             vec![self.replicas[0].forward_backward(&shards[0], settings)]
         } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = self
-                    .replicas
-                    .iter()
-                    .zip(&shards)
-                    .map(|(replica, shard)| {
-                        scope.spawn(move || replica.forward_backward(shard, settings))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(anyhow::anyhow!("a replica's thread panicked")))
-                    })
-                    .collect()
-            })
+            // Rayon tasks, not threads of their own: the replicas then compute on the pool the
+            // run was started in (the workbench's capped pool leaves a core to the window).
+            let mut slots: Vec<Option<anyhow::Result<ShardResult>>> =
+                shards.iter().map(|_| None).collect();
+            rayon::scope(|scope| {
+                for ((replica, shard), slot) in self.replicas.iter().zip(&shards).zip(&mut slots) {
+                    scope.spawn(move |_| {
+                        let run = AssertUnwindSafe(|| replica.forward_backward(shard, settings));
+                        *slot = Some(std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!("a replica's computation panicked"))
+                        }));
+                    });
+                }
+            });
+            slots
+                .into_iter()
+                .map(|s| s.expect("rayon::scope ran every replica"))
+                .collect()
         };
         let mut raw = [0f64; 3];
         let mut tokens = 0;

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use candle_core::{DType, Device};
 use roiscope::data::prepare::{prepare, PrepareOptions};
 use roiscope::data::store::{Project, Split, SplitRatios};
-use roiscope::data::synthetic::{write_set, SyntheticConfig, DIAGNOSIS_FIELD};
+use roiscope::data::synthetic::{place_of, write_set, SyntheticConfig, DIAGNOSIS_FIELD};
 use roiscope::eval::metrics::{iou, roc_auc};
 use roiscope::model::folder::{init_model, InitSize, ModelFolder};
 use roiscope::train::data::{load_examples, Example};
@@ -22,6 +22,10 @@ pub struct Setup {
     pub test_images: usize,
     pub size: u32,
     pub config: TrainConfig,
+    /// Seeds the training images (`seed`), the held-out ones (`seed + 1`) and the random
+    /// model (`seed - 1`, so seed 1 is the run BENCHMARKS.md records first); at least 1. The
+    /// data order comes from `config.seed`.
+    pub seed: u64,
 }
 
 #[derive(Debug)]
@@ -32,6 +36,9 @@ pub struct Outcome {
     /// Mean IoU of always answering the training set's mean box.
     pub mean_box_iou: f64,
     pub auc: f64,
+    /// AUC against far swaps: each image with the text of a place not beside its own (see
+    /// [`far_place`]).
+    pub far_auc: f64,
     /// Mean match probability on true pairs and on swapped pairs, and the standard deviation over
     /// all of them (0: the head gives every pair the same score).
     pub match_means: [f64; 2],
@@ -65,10 +72,27 @@ pub fn synthetic_examples(dir: &Path, count: usize, size: u32, seed: u64) -> Vec
 }
 
 pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcome {
-    let train = synthetic_examples(&dir.join("train"), setup.train_images, setup.size, 1);
-    let test = synthetic_examples(&dir.join("test"), setup.test_images, setup.size, 2);
+    let train = synthetic_examples(
+        &dir.join("train"),
+        setup.train_images,
+        setup.size,
+        setup.seed,
+    );
+    let test = synthetic_examples(
+        &dir.join("test"),
+        setup.test_images,
+        setup.size,
+        setup.seed + 1,
+    );
     let model_dir: PathBuf = dir.join("model");
-    init_model(InitSize::Tiny, &model_dir, DType::F32, 0, |_, _| {}).unwrap();
+    init_model(
+        InitSize::Tiny,
+        &model_dir,
+        DType::F32,
+        setup.seed - 1,
+        |_, _| {},
+    )
+    .unwrap();
     let folder = ModelFolder::open(&model_dir, DType::F32, &Device::Cpu).unwrap();
     let mean_box = {
         let mut m = [0f64; 4];
@@ -116,8 +140,12 @@ pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcom
                 .unwrap();
             pairs.push((other, e));
         }
+        for (i, e) in test.iter().enumerate() {
+            pairs.push((far_place(&test, i), e));
+        }
         let predictions = trainer.predict(&pairs).unwrap();
-        let (true_pairs, swapped) = predictions.split_at(test.len());
+        let (true_pairs, rest) = predictions.split_at(test.len());
+        let (swapped, far) = rest.split_at(test.len());
         let ious: Vec<f64> = test
             .iter()
             .zip(true_pairs)
@@ -135,11 +163,8 @@ pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcom
             mean_iou: mean(&ious),
             iou_at_half: ious.iter().filter(|&&v| v >= 0.5).count() as f64 / ious.len() as f64,
             mean_box_iou: mean(&baseline),
-            auc: {
-                let scores = [probs(true_pairs), probs(swapped)].concat();
-                let labels: Vec<bool> = (0..scores.len()).map(|i| i < true_pairs.len()).collect();
-                roc_auc(&scores, &labels).expect("both classes are present")
-            },
+            auc: auc(&probs(true_pairs), &probs(swapped)),
+            far_auc: auc(&probs(true_pairs), &probs(far)),
             match_means: [mean(&probs(true_pairs)), mean(&probs(swapped))],
             match_std: {
                 let all = probs(&predictions);
@@ -152,6 +177,28 @@ pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcom
             seconds,
         }
     }
+}
+
+/// The first example after `examples[i]` whose place is not beside its place: a diagonal
+/// neighbour or two rows or columns away (for upper left: upper right, middle central and the
+/// lower row), so both box centres differ by at least a third of the image in some direction
+/// and the text names at least one wrong side. A swapped text of the next place is harder.
+pub fn far_place(examples: &[Example], i: usize) -> &Example {
+    let place = |e: &Example| place_of(&e.answer).expect("a synthetic diagnosis");
+    let (r, c) = place(&examples[i]);
+    (1..examples.len())
+        .map(|k| &examples[(i + k) % examples.len()])
+        .find(|o| {
+            let (r2, c2) = place(o);
+            r.abs_diff(r2) + c.abs_diff(c2) >= 2
+        })
+        .expect("the set holds a far place for every place")
+}
+
+fn auc(positives: &[f64], negatives: &[f64]) -> f64 {
+    let scores = [positives, negatives].concat();
+    let labels: Vec<bool> = (0..scores.len()).map(|i| i < positives.len()).collect();
+    roc_auc(&scores, &labels).expect("both classes are present")
 }
 
 /// The settings of the learning proof: the defaults, with every sample's batch on one step
