@@ -2,8 +2,7 @@
 //! (`roiscope synthetic`, whose diagnosis names where the blob lies), its threshold calibrated on
 //! val by `roiscope eval --calibrate`; then on held-out test images the match head releases the
 //! true diagnosis and withholds a deliberately mismatched one (a place not beside the true one:
-//! `learning::far_place`), and `roiscope infer --adapter` applies the same
-//! threshold.
+//! `learning::far_place`), and `roiscope infer --adapter` applies the same threshold.
 
 use std::path::Path;
 use std::process::Output;

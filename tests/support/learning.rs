@@ -180,8 +180,8 @@ pub fn run(dir: &Path, setup: &Setup, mut on_step: impl FnMut(&Event)) -> Outcom
 }
 
 /// The first example after `examples[i]` whose place is not beside its place: a diagonal
-/// neighbour or two rows or columns away (for upper left: upper right, middle central and the
-/// lower row), so both box centres differ by at least a third of the image in some direction
+/// neighbour or two rows or columns away (for upper left: upper right, the centre, middle right
+/// and the lower row), so both box centres differ by at least a third of the image in some direction
 /// and the text names at least one wrong side. A swapped text of the next place is harder.
 pub fn far_place(examples: &[Example], i: usize) -> &Example {
     let place = |e: &Example| place_of(&e.answer).expect("a synthetic diagnosis");
