@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelIterator};
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, Counts, Example, NegativeConfig};
@@ -704,21 +705,15 @@ impl Trainer {
         } else {
             // Rayon tasks, not threads of their own: the replicas then compute on the pool the
             // run was started in (the workbench's capped pool leaves a core to the window).
-            let mut slots: Vec<Option<anyhow::Result<ShardResult>>> =
-                shards.iter().map(|_| None).collect();
-            rayon::scope(|scope| {
-                for ((replica, shard), slot) in self.replicas.iter().zip(&shards).zip(&mut slots) {
-                    scope.spawn(move |_| {
-                        let run = AssertUnwindSafe(|| replica.forward_backward(shard, settings));
-                        *slot = Some(std::panic::catch_unwind(run).unwrap_or_else(|_| {
-                            Err(anyhow::anyhow!("a replica's computation panicked"))
-                        }));
-                    });
-                }
-            });
-            slots
-                .into_iter()
-                .map(|s| s.expect("rayon::scope ran every replica"))
+            self.replicas
+                .par_iter()
+                .zip(shards.par_iter())
+                .map(|(replica, shard)| {
+                    let run = AssertUnwindSafe(|| replica.forward_backward(shard, settings));
+                    std::panic::catch_unwind(run).unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("a replica's computation panicked"))
+                    })
+                })
                 .collect()
         };
         let mut raw = [0f64; 3];
