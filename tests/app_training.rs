@@ -194,12 +194,21 @@ fn a_stopped_run_continues_from_its_checkpoint_with_its_curves() {
 
     // A new session: the run is listed, its curves restored, and it continues.
     let mut h = harness(&project, &model);
+    // The form holds other settings than the run's until the run is shown.
+    h.state_mut().training.config.lora_r = 16;
+    h.state_mut().training.config.max_steps = 7;
     let name = run.file_name().unwrap().to_string_lossy().into_owned();
     h.get_by_label(&name).click();
     // The curves are read on a worker thread.
     step_until(&mut h, "the curves", Duration::from_secs(60), |wb| {
         wb.training.curves.len() > 0
     });
+    let shown = &h.state().training.config;
+    assert_eq!(
+        (shown.lora_r, shown.max_steps),
+        (4, 40),
+        "the form shows the run's own settings"
+    );
     assert_eq!(h.state().training.curves.len(), stopped_at + 2);
     assert_eq!(h.state().training.checkpoint_step, Some(stopped_at));
     h.get_by_label("Continue run").click();

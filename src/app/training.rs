@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use super::thin::thin;
 use crate::train::trainer::{
-    checkpoint_step, latest_checkpoint, load_inputs, Control, Event, TrainConfig, Trainer, TASKS,
+    checkpoint_config, checkpoint_step, latest_checkpoint, load_inputs, Control, Event,
+    TrainConfig, Trainer, TASKS,
 };
 
 /// Every curve of a run, by optimiser step.
@@ -174,7 +175,7 @@ pub struct TrainingPanel {
     /// The plots' x range last frame: the curves are thinned to it (see `thin`).
     view_x: Option<(f64, f64)>,
     /// A run whose curves a worker thread is reading (`load_run`).
-    loading: Option<(PathBuf, Receiver<anyhow::Result<(Curves, Option<usize>)>>)>,
+    loading: Option<(PathBuf, Receiver<anyhow::Result<LoadedRun>>)>,
     pub log: Vec<String>,
 }
 
@@ -200,6 +201,13 @@ impl Default for TrainingPanel {
             log: Vec::new(),
         }
     }
+}
+
+/// A run read from its folder by `TrainingPanel::load_run`.
+struct LoadedRun {
+    curves: Curves,
+    /// The latest checkpoint's step and the settings it was trained with.
+    checkpoint: Option<(usize, anyhow::Result<TrainConfig>)>,
 }
 
 /// Builds a trainer as `roiscope train` does: the project's train split, the model folder on the
@@ -461,19 +469,21 @@ impl TrainingPanel {
         self.runs = runs;
     }
 
-    /// Reads the curves of `run` on a worker thread (10,000 steps take tens of milliseconds,
-    /// too long for one frame); `poll_loading` shows them when they arrive.
+    /// Reads the curves of `run` and its latest checkpoint's settings on a worker thread (10,000
+    /// steps take tens of milliseconds, too long for one frame); `poll_loading` shows them when
+    /// they arrive.
     pub fn load_run(&mut self, ctx: &egui::Context, run: PathBuf) {
         let (tx, rx) = channel();
         let ctx = ctx.clone();
         let dir = run.clone();
         std::thread::spawn(move || {
-            let curves = Curves::from_metrics(&dir.join("metrics.jsonl"));
-            let step = latest_checkpoint(&dir)
-                .ok()
-                .as_deref()
-                .and_then(checkpoint_step);
-            let _ = tx.send(curves.map(|c| (c, step)));
+            let loaded = Curves::from_metrics(&dir.join("metrics.jsonl")).map(|curves| {
+                let checkpoint = latest_checkpoint(&dir).ok().and_then(|ckpt| {
+                    checkpoint_step(&ckpt).map(|step| (step, checkpoint_config(&ckpt)))
+                });
+                LoadedRun { curves, checkpoint }
+            });
+            let _ = tx.send(loaded);
             ctx.request_repaint();
         });
         self.loading = Some((run, rx));
@@ -497,10 +507,26 @@ impl TrainingPanel {
             return;
         }
         match result {
-            Ok((curves, step)) => {
-                self.curves = curves;
-                self.checkpoint_step = step;
+            Ok(loaded) => {
+                self.curves = loaded.curves;
+                self.checkpoint_step = loaded.checkpoint.as_ref().map(|(step, _)| *step);
                 self.view_x = None;
+                // The form shows the settings the run was trained with (Continue uses them;
+                // Start begins a new run with them unless they are changed).
+                match loaded.checkpoint.map(|(_, config)| config) {
+                    Some(Ok(config)) => {
+                        self.config = config;
+                        self.log.push(format!(
+                            "the settings of {} are in the form",
+                            run.file_name().map_or_else(
+                                || run.display().to_string(),
+                                |n| n.to_string_lossy().into_owned()
+                            )
+                        ));
+                    }
+                    Some(Err(e)) => self.log.push(format!("{e:#}")),
+                    None => {}
+                }
                 self.showing = Some(run);
             }
             Err(e) => self.log.push(format!("{e:#}")),

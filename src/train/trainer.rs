@@ -392,8 +392,7 @@ impl Trainer {
         let ckpt = latest_checkpoint(run)?;
         let state = crate::data::files::read_json(&ckpt.join("trainer_state.json"))?;
         let what = ckpt.display();
-        let config: TrainConfig = serde_json::from_value(state["config"].clone())
-            .with_context(|| format!("{what}: unreadable config"))?;
+        let config = config_of_state(&state, &ckpt)?;
         let position: Position = serde_json::from_value(state["position"].clone())
             .with_context(|| format!("{what}: unreadable position"))?;
         let rng = state["rng"]
@@ -818,6 +817,17 @@ pub fn latest_checkpoint(run: &Path) -> anyhow::Result<PathBuf> {
     }
     best.map(|(_, p)| p)
         .with_context(|| format!("{} has no checkpoint to resume from", run.display()))
+}
+
+/// The settings a checkpoint was trained with (its `trainer_state.json`).
+pub fn checkpoint_config(ckpt: &Path) -> anyhow::Result<TrainConfig> {
+    let state = crate::data::files::read_json(&ckpt.join("trainer_state.json"))?;
+    config_of_state(&state, ckpt)
+}
+
+fn config_of_state(state: &serde_json::Value, ckpt: &Path) -> anyhow::Result<TrainConfig> {
+    serde_json::from_value(state["config"].clone())
+        .with_context(|| format!("{}: unreadable config", ckpt.display()))
 }
 
 /// The step of a `checkpoint-<step>` folder, from its name.
