@@ -838,16 +838,20 @@ fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
     });
 }
 
-/// Puts the calling thread and the rayon pool that candle computes on at nice 10. Training fills
-/// every core; at equal priority the UI thread waits its turn behind the trainer's threads and
-/// frames stretch past 50 ms on two cores. A nice value only ever rises without privileges, so
-/// the pool stays there (it only matters while something else wants the cores).
-/// Lowers the calling thread's scheduling priority (nice 10) so the window's threads go first.
+/// Lowers the calling thread's scheduling priority so that the window's threads (and the
+/// compositor's and software rasteriser's) go first: called on the trainer thread and on each
+/// thread of the rayon pool candle computes on. On Linux the thread joins SCHED_IDLE, where it
+/// runs when no ordinary thread wants the core and a waking UI thread preempts it at once; at
+/// nice 10 alone frames still waited up to 149 ms behind it on two cores (BENCHMARKS.md). Where
+/// SCHED_IDLE is refused, nice 10 stays. Without privileges a thread cannot raise its priority
+/// again, so the pool keeps it for its life.
 fn lower_compute_priority() {
-    // On Linux PRIO_PROCESS with 0 is the calling thread, not the whole process.
+    // On Linux, PRIO_PROCESS and sched_setscheduler with 0 mean the calling thread.
     #[cfg(target_os = "linux")]
     unsafe {
         libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
     }
 }
 
@@ -924,5 +928,29 @@ fn forward_events(
             break;
         }
         ctx.request_repaint();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The trainer's threads give way to the window: SCHED_IDLE and nice 10, on a thread of its
+    /// own (the calling thread's priority never comes back).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn compute_threads_run_under_sched_idle_at_nice_10() {
+        let (policy, nice) = std::thread::spawn(|| {
+            super::lower_compute_priority();
+            unsafe {
+                *libc::__errno_location() = 0;
+                (
+                    libc::sched_getscheduler(0),
+                    libc::getpriority(libc::PRIO_PROCESS, 0),
+                )
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_IDLE);
+        assert_eq!(nice, 10);
     }
 }
