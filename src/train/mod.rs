@@ -8,11 +8,13 @@
 //!   of a batch;
 //! - [`devices`]: `--devices`, and summing the replicas' gradients;
 //! - [`optim`]: AdamW with parameter groups, schedule, clipping, accumulation;
-//! - [`trainer`]: the loop, its events and controls, checkpoints.
+//! - [`trainer`]: the loop, its events and controls, checkpoints;
+//! - [`heap`]: the allocator kept from unmapping and remapping a step's large buffers.
 
 pub mod data;
 pub mod devices;
 pub mod heads;
+pub mod heap;
 pub mod lora;
 pub mod losses;
 pub mod optim;

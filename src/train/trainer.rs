@@ -299,6 +299,7 @@ impl Trainer {
         devices: &[DeviceSpec],
     ) -> anyhow::Result<Self> {
         config.validate()?;
+        super::heap::keep_freed_memory();
         ensure!(
             !examples.is_empty(),
             "no training examples (is the train split empty?)"
