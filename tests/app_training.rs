@@ -201,7 +201,7 @@ fn a_stopped_run_continues_from_its_checkpoint_with_its_curves() {
     h.get_by_label(&name).click();
     // The curves are read on a worker thread.
     step_until(&mut h, "the curves", Duration::from_secs(60), |wb| {
-        wb.training.curves.len() > 0
+        !wb.training.curves.is_empty()
     });
     let shown = &h.state().training.config;
     assert_eq!(

@@ -164,8 +164,11 @@ pub fn image_token_coords(
     for (row, (mask, &[t, h, w])) in image_mask.iter().zip(grids).enumerate() {
         let tokens = mask.iter().filter(|&&m| m).count();
         let patches = (t * h * w) as usize;
-        let merge = (1..=h.min(w) as usize)
-            .find(|m| m * m * tokens == patches && h as usize % m == 0 && w as usize % m == 0);
+        let merge = (1..=h.min(w) as usize).find(|m| {
+            m * m * tokens == patches
+                && (h as usize).is_multiple_of(*m)
+                && (w as usize).is_multiple_of(*m)
+        });
         let Some(merge) = merge else {
             candle_core::bail!("row {row}: {tokens} image tokens do not fit the grid {t}x{h}x{w}");
         };

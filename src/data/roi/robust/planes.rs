@@ -294,7 +294,7 @@ fn mask_row(
     let flags = |c_r: i16, c_b: i16, u_r: i16, u_b: i16, d_r: i16, d_b: i16, across: bool| {
         let clear = (c_r >= clear_min) & (c_b >= clear_min);
         let ridge = (2 * c_r - u_r - d_r >= ridge_min) & (2 * c_b - u_b - d_b >= ridge_min);
-        (clear | ridge) as u8 * GREEN_H | (clear | across) as u8 * GREEN_V
+        ((clear | ridge) as u8 * GREEN_H) | ((clear | across) as u8 * GREEN_V)
     };
     // The first and last two pixels have no neighbours two steps away along the row.
     let edge = 2.min(n);
