@@ -283,13 +283,8 @@ impl TrainingPanel {
             dir.clone(),
         );
         self.curves.keep_until(step);
-        self.log.push(format!(
-            "continuing {} from step {step}",
-            dir.file_name().map_or_else(
-                || dir.display().to_string(),
-                |n| n.to_string_lossy().into_owned()
-            )
-        ));
+        self.log
+            .push(format!("continuing {} from step {step}", run_name(&dir)));
         self.launch(ctx, dir, false, move || {
             let (devices, examples, folder) = load_inputs(&project, &model, &devices)?;
             Trainer::resume(folder, examples, &run, &devices)
@@ -518,10 +513,7 @@ impl TrainingPanel {
                         self.config = config;
                         self.log.push(format!(
                             "the settings of {} are in the form",
-                            run.file_name().map_or_else(
-                                || run.display().to_string(),
-                                |n| n.to_string_lossy().into_owned()
-                            )
+                            run_name(&run)
                         ));
                     }
                     Some(Err(e)) => self.log.push(format!("{e:#}")),
@@ -855,6 +847,14 @@ fn lower_compute_priority() {
     }
 }
 
+/// A run folder's name, for the log.
+fn run_name(dir: &Path) -> String {
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
 /// All cores but one, at least one.
 pub fn default_trainer_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
@@ -941,7 +941,6 @@ mod tests {
         let (policy, nice) = std::thread::spawn(|| {
             super::lower_compute_priority();
             unsafe {
-                *libc::__errno_location() = 0;
                 (
                     libc::sched_getscheduler(0),
                     libc::getpriority(libc::PRIO_PROCESS, 0),
