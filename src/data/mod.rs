@@ -5,6 +5,7 @@ pub mod export;
 pub mod files;
 pub mod image_io;
 pub mod marker;
+mod png_fast;
 pub mod prepare;
 pub mod record;
 pub mod roi;
