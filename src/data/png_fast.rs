@@ -245,68 +245,56 @@ fn unfilter_row<const BPP: usize>(
 ) -> Option<()> {
     match kind {
         0 => dst.copy_from_slice(filtered),
-        // Sub and Average carry the left pixel in registers: reading it back from `dst` would
-        // wait on the store just made (store-to-load forwarding on every byte).
-        1 => {
-            let mut left = [0u8; BPP];
-            for (d, f) in dst.chunks_exact_mut(BPP).zip(filtered.chunks_exact(BPP)) {
-                for i in 0..BPP {
-                    left[i] = f[i].wrapping_add(left[i]);
-                }
-                d.copy_from_slice(&left);
-            }
-        }
+        1 => unfilter_from_left::<BPP>(filtered, prev, dst, |left, _, _| left),
         2 => {
             for ((d, &f), &b) in dst.iter_mut().zip(filtered).zip(prev) {
                 *d = f.wrapping_add(b);
             }
         }
-        3 => {
-            let mut left = [0u8; BPP];
-            let pixels = dst
-                .chunks_exact_mut(BPP)
-                .zip(filtered.chunks_exact(BPP))
-                .zip(prev.chunks_exact(BPP));
-            for ((d, f), p) in pixels {
-                for i in 0..BPP {
-                    let avg = (u16::from(left[i]) + u16::from(p[i])) >> 1;
-                    left[i] = f[i].wrapping_add(avg as u8);
-                }
-                d.copy_from_slice(&left);
-            }
-        }
-        4 => paeth_row::<BPP>(filtered, prev, dst),
+        3 => unfilter_from_left::<BPP>(filtered, prev, dst, |left, up, _| (left + up) >> 1),
+        4 => unfilter_from_left::<BPP>(filtered, prev, dst, paeth),
         _ => return None,
     }
     Some(())
 }
 
-/// The Paeth filter, pixel by pixel with the channels side by side; the predictor is written
-/// branch-free (the form stb_image uses: pick by comparing c against a threshold), which keeps
-/// the loop-carried chain through the left pixel short.
-fn paeth_row<const BPP: usize>(filtered: &[u8], prev: &[u8], dst: &mut [u8]) {
+/// Unfilters a row whose predictor looks at the pixel to the left: `predict(left, up,
+/// up_left)` per sample (0-255 each, as i16 so that Paeth's sums need no widening), the channels
+/// side by side. The left pixel is carried in registers: reading it back from `dst` would wait
+/// on the store just made (store-to-load forwarding on every byte).
+fn unfilter_from_left<const BPP: usize>(
+    filtered: &[u8],
+    prev: &[u8],
+    dst: &mut [u8],
+    predict: impl Fn(i16, i16, i16) -> i16,
+) {
     let mut left = [0i16; BPP];
-    let mut upper_left = [0i16; BPP];
+    let mut up_left = [0i16; BPP];
     let pixels = dst
         .chunks_exact_mut(BPP)
         .zip(filtered.chunks_exact(BPP))
         .zip(prev.chunks_exact(BPP));
-    for ((d, f), p) in pixels {
+    for ((d, f), up) in pixels {
         for i in 0..BPP {
-            let (a, b, c) = (left[i], i16::from(p[i]), upper_left[i]);
-            let threshold = 3 * c - (a + b);
-            let (lo, hi) = (a.min(b), a.max(b));
-            let pick = if threshold <= lo {
-                hi
-            } else if threshold >= hi {
-                lo
-            } else {
-                c
-            };
-            d[i] = f[i].wrapping_add(pick as u8);
+            let up = i16::from(up[i]);
+            d[i] = f[i].wrapping_add(predict(left[i], up, up_left[i]) as u8);
             left[i] = i16::from(d[i]);
-            upper_left[i] = b;
+            up_left[i] = up;
         }
+    }
+}
+
+/// The Paeth predictor, written branch-free (the form stb_image uses: pick by comparing c
+/// against a threshold), which keeps the loop-carried chain through the left pixel short.
+fn paeth(a: i16, b: i16, c: i16) -> i16 {
+    let threshold = 3 * c - (a + b);
+    let (lo, hi) = (a.min(b), a.max(b));
+    if threshold <= lo {
+        hi
+    } else if threshold >= hi {
+        lo
+    } else {
+        c
     }
 }
 
