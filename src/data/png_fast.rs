@@ -1,6 +1,7 @@
 //! A fast path for the PNGs most images are: 8-bit grey, grey + alpha, RGB or RGBA, not
-//! interlaced. The zlib stream is inflated in one call by libdeflate and the rows are unfiltered
-//! straight into the RGB output, without the `png` crate's row-by-row streaming and copies.
+//! interlaced. The zlib stream is inflated in one call (libdeflate or fdeflate, see [`inflate`])
+//! and the rows are unfiltered straight into the RGB output, without the `png` crate's row-by-row
+//! streaming and copies.
 //!
 //! This path never decides that a file is broken: anything it does not handle, and any
 //! irregularity at all (a CRC or checksum mismatch, a short stream, an unexpected chunk), makes it
@@ -95,14 +96,17 @@ fn decode_with(
 ) -> Option<()> {
     // Gather the IDAT data; a single IDAT chunk is inflated where it lies.
     let mut idat: Vec<&[u8]> = Vec::new();
+    let mut after_idat = false;
     loop {
         let (kind, data) = chunks.next()?;
         match &kind {
+            // The IDAT chunks must follow one another.
+            b"IDAT" if after_idat => return None,
             b"IDAT" => idat.push(data),
             b"IEND" => break,
             // Ancillary chunks (lower-case first letter) do not change the pixels the `png`
             // crate returns under EXPAND | STRIP_16 with alpha dropped (tRNS only adds alpha).
-            _ if kind[0].is_ascii_lowercase() => {}
+            _ if kind[0].is_ascii_lowercase() => after_idat = !idat.is_empty(),
             // PLTE, unknown critical chunks: the `png` crate's business.
             _ => return None,
         }
@@ -535,6 +539,12 @@ mod tests {
                 );
             }
         }
+        // IDAT chunks with another chunk between them.
+        let mut parted = chunks(&split_idat(&file, 40));
+        assert!(parted.iter().filter(|(k, _)| k == b"IDAT").count() > 2);
+        let second_idat = parted.iter().rposition(|(k, _)| k == b"IDAT").unwrap();
+        parted.insert(second_idat, (*b"tEXt", b"Comment\0between".to_vec()));
+        assert!(fast(&assemble(&parted)).is_none());
         // An unknown critical chunk.
         let mut unknown = parts.clone();
         unknown.insert(1, (*b"XYZW", vec![1, 2, 3]));
