@@ -70,10 +70,15 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
     h.run_steps(2);
     assert!(h.state().training.busy());
     // Frames keep coming while the trainer works: the UI never waits on it.
+    let started = Instant::now();
     let slowest = step_until(&mut h, "two step events", Duration::from_secs(300), |wb| {
         wb.training.curves.len() >= 2
     });
     assert!(slowest < Duration::from_secs(2), "a frame took {slowest:?}");
+    // For the frame log: how long the events had waited for a frame to take them.
+    let waited = h.state().training.event_wait;
+    let waited = waited.expect("the panel says how long its events waited");
+    assert!(waited < started.elapsed());
     let c = &h.state().training.curves;
     assert!(c
         .loss

@@ -828,8 +828,9 @@ struct App {
 /// `$ROISCOPE_FRAME_LOG`: one line per frame, for the responsiveness benchmark
 /// (`scripts/bench-workbench`): the frame's number, its start as seconds since the Unix epoch,
 /// the workbench's UI pass in this frame (ms) and eframe's CPU time of the frame before (ms: UI
-/// pass, tessellation, texture upload and GPU submission, without the wait for the surface).
-/// The first frame asks for a second one at once, so the second line's time is when the first
+/// pass, tessellation, texture upload and GPU submission, without the wait for the surface),
+/// and how long the oldest training event drawn in this frame had waited for it (ms; `-` when
+/// the frame took none). The first frame asks for a second one at once, so the second line's time is when the first
 /// frame had been painted.
 struct FrameLog {
     out: std::io::BufWriter<std::fs::File>,
@@ -851,16 +852,26 @@ impl FrameLog {
         }
     }
 
-    fn write(&mut self, start: std::time::SystemTime, ui: std::time::Duration, cpu: Option<f32>) {
+    fn write(
+        &mut self,
+        start: std::time::SystemTime,
+        ui: std::time::Duration,
+        cpu: Option<f32>,
+        event_wait: Option<std::time::Duration>,
+    ) {
         use std::io::Write;
         let since_epoch = start
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
         let cpu = cpu.map_or_else(|| "-".to_string(), |s| format!("{:.3}", s * 1e3));
+        let waited = event_wait.map_or_else(
+            || "-".to_string(),
+            |w| format!("{:.3}", w.as_secs_f64() * 1e3),
+        );
         let _ = writeln!(
             self.out,
-            "{} {since_epoch:.6} {:.3} {cpu}",
+            "{} {since_epoch:.6} {:.3} {cpu} {waited}",
             self.frame,
             ui.as_secs_f64() * 1e3
         );
@@ -877,7 +888,13 @@ impl eframe::App for App {
             if log.frame == 0 {
                 ui.ctx().request_repaint();
             }
-            log.write(start.0, start.1.elapsed(), frame.info().cpu_usage);
+            let event_wait = self.workbench.training.event_wait.take();
+            log.write(
+                start.0,
+                start.1.elapsed(),
+                frame.info().cpu_usage,
+                event_wait,
+            );
         }
     }
 

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use egui::{RichText, Ui};
@@ -138,7 +138,8 @@ impl Curves {
 pub struct ActiveRun {
     pub dir: PathBuf,
     control: Sender<Control>,
-    events: Receiver<Event>,
+    /// The trainer's events, each with the moment it was handed to the UI.
+    events: Receiver<(Instant, Event)>,
     pub paused: bool,
     pub ended: bool,
 }
@@ -177,6 +178,9 @@ pub struct TrainingPanel {
     /// A run whose curves a worker thread is reading (`load_run`).
     loading: Option<(PathBuf, Receiver<anyhow::Result<LoadedRun>>)>,
     pub log: Vec<String>,
+    /// The longest any event taken by `poll` had waited for it since the frame log last took
+    /// this (the responsiveness benchmark's measure for streaming); `None`: no event since.
+    pub event_wait: Option<Duration>,
 }
 
 impl Default for TrainingPanel {
@@ -199,6 +203,7 @@ impl Default for TrainingPanel {
             view_x: None,
             loading: None,
             log: Vec::new(),
+            event_wait: None,
         }
     }
 }
@@ -334,9 +339,10 @@ impl TrainingPanel {
                     // A run that never started leaves no folder behind (only removed when empty).
                     let _ = std::fs::remove_dir(&out);
                 }
-                let _ = ui_tx.send(Event::Error {
+                let error = Event::Error {
                     message: format!("{e:#}"),
-                });
+                };
+                let _ = ui_tx.send((Instant::now(), error));
             }
             ctx.request_repaint();
         });
@@ -377,7 +383,9 @@ impl TrainingPanel {
         let Some(run) = &mut self.run else { return };
         loop {
             match run.events.try_recv() {
-                Ok(event) => {
+                Ok((sent, event)) => {
+                    let waited = sent.elapsed();
+                    self.event_wait = Some(self.event_wait.map_or(waited, |w| w.max(waited)));
                     self.curves.push(&event);
                     match &event {
                         Event::Started {
@@ -906,7 +914,7 @@ pub fn smooth(x: &[f64], y: &[f64], alpha: f64) -> Vec<[f64; 2]> {
 fn forward_events(
     rx: Receiver<Event>,
     metrics_path: &Path,
-    ui: &Sender<Event>,
+    ui: &Sender<(Instant, Event)>,
     ctx: &egui::Context,
 ) {
     let mut file = std::fs::OpenOptions::new()
@@ -924,7 +932,7 @@ fn forward_events(
                 file = None;
             }
         }
-        if ui.send(event).is_err() {
+        if ui.send((Instant::now(), event)).is_err() {
             break;
         }
         ctx.request_repaint();
