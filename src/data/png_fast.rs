@@ -1,7 +1,7 @@
 //! A fast path for the PNGs most images are: 8-bit grey, grey + alpha, RGB or RGBA, not
-//! interlaced. The zlib stream is inflated in one call (libdeflate or fdeflate, see [`inflate`])
-//! and the rows are unfiltered straight into the RGB output, without the `png` crate's row-by-row
-//! streaming and copies.
+//! interlaced, up to about 10 megapixels. The zlib stream is inflated in one call (libdeflate or
+//! fdeflate, see [`inflate`]) and the rows are unfiltered straight into the RGB output, without
+//! the `png` crate's row-by-row streaming and copies.
 //!
 //! This path never decides that a file is broken: anything it does not handle, and any
 //! irregularity at all (a CRC or checksum mismatch, a short stream, an unexpected chunk), makes it
@@ -28,7 +28,8 @@ thread_local! {
     static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
-/// Largest scratch buffer kept between images (as for decoded pixels in `image_io`).
+/// Largest filtered image this path inflates, and largest scratch buffer kept between images
+/// (as for decoded pixels in `image_io`).
 const MAX_KEPT_BYTES: usize = 32 << 20;
 
 /// The header fields this path reads.
@@ -56,6 +57,11 @@ pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64, out: &mut Vec<u8>) -> Op
     let stride = (header.width as usize).checked_mul(header.channels)?;
     let filtered_len = (stride + 1).checked_mul(header.height as usize)?;
     let out_len = (header.width as usize * 3).checked_mul(header.height as usize)?;
+    // Larger images (over about 10 megapixels) go to the `png` crate, which streams: inflating
+    // in one call holds the whole filtered image beside the output.
+    if filtered_len > MAX_KEPT_BYTES {
+        return None;
+    }
 
     SCRATCH.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -549,6 +555,23 @@ mod tests {
         let mut unknown = parts.clone();
         unknown.insert(1, (*b"XYZW", vec![1, 2, 3]));
         assert!(fast(&assemble(&unknown)).is_none());
+        // Over 32 MiB filtered: left to the png crate, which streams (4096 x 2730 is the
+        // largest RGB image under it).
+        let flat = |h: u32| {
+            let mut file = Vec::new();
+            let mut encoder = png::Encoder::new(&mut file, 4096, h);
+            encoder.set_color(png::ColorType::Rgb);
+            let mut writer = encoder.write_header().unwrap();
+            writer
+                .write_image_data(&vec![0; 4096 * h as usize * 3])
+                .unwrap();
+            writer.finish().unwrap();
+            file
+        };
+        assert!(fast(&flat(2730)).is_some());
+        let big = flat(2731);
+        assert!(fast(&big).is_none());
+        assert!(decode_png_with_crate(&big, LoadOptions::default()).is_ok());
         // Over the pixel limit: left to the caller, which refuses it from the header.
         assert!(decode_rgb(&file, 33 * 17 - 1, &mut Vec::new()).is_none());
     }
