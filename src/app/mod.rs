@@ -830,8 +830,8 @@ struct App {
 /// the workbench's UI pass in this frame (ms) and eframe's CPU time of the frame before (ms: UI
 /// pass, tessellation, texture upload and GPU submission, without the wait for the surface),
 /// and how long the oldest training event drawn in this frame had waited for it (ms; `-` when
-/// the frame took none). The first frame asks for a second one at once, so the second line's time is when the first
-/// frame had been painted.
+/// the frame took none). The first frame asks for a second one at once, so the second line's
+/// time is when the first frame had been painted.
 struct FrameLog {
     out: std::io::BufWriter<std::fs::File>,
     frame: u64,

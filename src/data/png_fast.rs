@@ -32,12 +32,18 @@ thread_local! {
 /// (as for decoded pixels in `image_io`).
 const MAX_KEPT_BYTES: usize = 32 << 20;
 
-/// The header fields this path reads.
+/// The header fields this path reads, and the sizes that follow from them.
 struct Header {
     width: u32,
     height: u32,
     /// Samples per pixel: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA (all 8-bit).
     channels: usize,
+    /// Bytes of one unfiltered row.
+    stride: usize,
+    /// Bytes of the inflated data: every row with its filter-type byte.
+    filtered_len: usize,
+    /// Bytes of the RGB output.
+    rgb_len: usize,
 }
 
 /// Decodes `bytes` as RGB into `out` (resized to width x height x 3) and returns the size, or
@@ -54,12 +60,9 @@ pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64, out: &mut Vec<u8>) -> Op
     if u64::from(header.width) * u64::from(header.height) > max_pixels {
         return None;
     }
-    let stride = (header.width as usize).checked_mul(header.channels)?;
-    let filtered_len = (stride + 1).checked_mul(header.height as usize)?;
-    let out_len = (header.width as usize * 3).checked_mul(header.height as usize)?;
     // Larger images (over about 10 megapixels) go to the `png` crate, which streams: inflating
     // in one call holds the whole filtered image beside the output.
-    if filtered_len > MAX_KEPT_BYTES {
+    if header.filtered_len > MAX_KEPT_BYTES {
         return None;
     }
 
@@ -73,15 +76,7 @@ pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64, out: &mut Vec<u8>) -> Op
                 inflater: libdeflater::Decompressor::new(),
             }),
         };
-        let result = decode_with(
-            &mut chunks,
-            &header,
-            stride,
-            filtered_len,
-            out_len,
-            scratch,
-            out,
-        );
+        let result = decode_with(&mut chunks, &header, scratch, out);
         for buf in [&mut scratch.compressed, &mut scratch.filtered] {
             if buf.capacity() > MAX_KEPT_BYTES {
                 *buf = Vec::new();
@@ -94,9 +89,6 @@ pub(crate) fn decode_rgb(bytes: &[u8], max_pixels: u64, out: &mut Vec<u8>) -> Op
 fn decode_with(
     chunks: &mut Chunks,
     header: &Header,
-    stride: usize,
-    filtered_len: usize,
-    out_len: usize,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
 ) -> Option<()> {
@@ -129,15 +121,15 @@ fn decode_with(
         }
     };
     // Grown, never shrunk: a shrink and regrow would zero the regrown part again.
-    if scratch.filtered.len() < filtered_len {
-        scratch.filtered.resize(filtered_len, 0);
+    if scratch.filtered.len() < header.filtered_len {
+        scratch.filtered.resize(header.filtered_len, 0);
     }
-    let filtered = &mut scratch.filtered[..filtered_len];
-    if inflate(zlib, filtered, &mut scratch.inflater)? != filtered_len {
+    let filtered = &mut scratch.filtered[..header.filtered_len];
+    if inflate(zlib, filtered, &mut scratch.inflater)? != header.filtered_len {
         return None;
     }
-    out.resize(out_len, 0);
-    unfilter_to_rgb(filtered, header, stride, out)
+    out.resize(header.rgb_len, 0);
+    unfilter_to_rgb(filtered, header, out)
 }
 
 /// Inflates a whole zlib stream into `out`, checksum checked; `None` if it is damaged or holds
@@ -160,7 +152,8 @@ fn inflate(
     }
 }
 
-/// Reads IHDR; `None` for anything but 8-bit grey, grey + alpha, RGB or RGBA, not interlaced.
+/// Reads IHDR; `None` for anything but 8-bit grey, grey + alpha, RGB or RGBA, not interlaced
+/// (or sizes this machine cannot address).
 fn parse_header(data: &[u8]) -> Option<Header> {
     let data: &[u8; 13] = data.try_into().ok()?;
     let width = u32::from_be_bytes(data[0..4].try_into().ok()?);
@@ -178,10 +171,14 @@ fn parse_header(data: &[u8]) -> Option<Header> {
     if bit_depth != 8 || compression != 0 || filter != 0 || interlace != 0 || !valid_size {
         return None;
     }
+    let stride = (width as usize).checked_mul(channels)?;
     Some(Header {
         width,
         height,
         channels,
+        stride,
+        filtered_len: (stride + 1).checked_mul(height as usize)?,
+        rgb_len: (width as usize * 3).checked_mul(height as usize)?,
     })
 }
 
@@ -210,7 +207,8 @@ impl<'a> Chunks<'a> {
 
 /// Unfilters every row and writes it as RGB: RGB rows straight into `out` (each row's
 /// predecessor is the row above it there), other layouts through two row buffers.
-fn unfilter_to_rgb(filtered: &[u8], header: &Header, stride: usize, out: &mut [u8]) -> Option<()> {
+fn unfilter_to_rgb(filtered: &[u8], header: &Header, out: &mut [u8]) -> Option<()> {
+    let stride = header.stride;
     let rows = filtered.chunks_exact(stride + 1);
     if header.channels == 3 {
         let zero = vec![0u8; stride];
