@@ -7,6 +7,9 @@ pipeline on CPU, side by side; and a memory estimate of LoRA training of Qwen3-V
     python3 benches/train_step.py --seed-pad 1024       # also the seed as written (pads to 1024)
     python3 benches/train_step.py --estimate-2b         # the 12 GB table, checked against
                                                         # roiscope's peak RSS on tiny and small
+    python3 benches/train_step.py --model-config 2b --dtype bf16 --threads 2 --steps 3 \
+        --warmup 1 --checkpointing                      # the real 2B architecture, both sides
+                                                        # with activation recompute
 
 Needs torch (CPU), transformers 5, peft, tokenizers, Pillow and numpy; builds roiscope with
 `cargo build --release` first unless --no-build (--exe picks the binary). Measurement helpers
@@ -166,7 +169,8 @@ def seed_modules(torch):
                 pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask,
                 image_grid_thw=image_grid_thw, labels=labels, mm_token_type_ids=mm_token_type_ids,
                 output_hidden_states=True, return_dict=True)
-            last_hidden_state = outputs.hidden_states[-1]
+            # f32 heads over a bf16 base (what the seed's Trainer(bf16=True) autocast does).
+            last_hidden_state = outputs.hidden_states[-1].float()
             pooled_features = self.spatial_pooler(last_hidden_state)
             roi_preds = self.task_heads["roi_head"](pooled_features)
             match_logits = self.task_heads["match_head"](pooled_features).squeeze(-1)
@@ -220,11 +224,22 @@ def worker(a):
     torch.manual_seed(0)
 
     t = time.perf_counter()
-    base_model = Qwen3VLForConditionalGeneration.from_pretrained(a.model, dtype=torch.float32)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    base_model = Qwen3VLForConditionalGeneration.from_pretrained(a.model, dtype=dtype)
+    if a.checkpointing:
+        # As the seed's 12 GB setup (TrainingArguments(gradient_checkpointing=True)).
+        base_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        base_model.enable_input_require_grads()
     model = peft.get_peft_model(base_model, peft.LoraConfig(task_type="CAUSAL_LM", **LORA))
     cfg = base_model.config
     hidden = getattr(cfg, "hidden_size", None) or cfg.text_config.hidden_size
     model = seed_modules(torch)(model, hidden_size=hidden)
+    # Adapters and heads train in f32 over a bf16 base (peft's autocast_adapter_dtype does it for
+    # the adapters; the heads are made in f32).
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
     model.loss_log_vars.requires_grad = True
     for p in model.task_heads.parameters():
         p.requires_grad = True
@@ -330,7 +345,8 @@ def run_roiscope(exe, project, model, work, threads, a, tag=""):
         shutil.rmtree(run)
     cfg = work / "train.toml"
     cfg.write_text(f"epochs = 1000\nmax_steps = {a.steps}\nbatch_size = 2\ngrad_accum = 1\n"
-                   f"negative_ratio = {a.negative_ratio}\n")
+                   f"negative_ratio = {a.negative_ratio}\nbase_dtype = \"{a.dtype}\"\n"
+                   + ("" if a.recompute is None else f"recompute = {a.recompute}\n"))
     cmd = [exe, "train", "--project", str(project), "--model", str(model), "--out", str(run),
            "--config", str(cfg)]
 
@@ -359,7 +375,9 @@ def run_roiscope(exe, project, model, work, threads, a, tag=""):
 def run_seed(model, data, threads, a, pad=0):
     cmd = [sys.executable, __file__, "--worker", "--model", str(model), "--data", str(data),
            "--threads", str(threads), "--steps", str(a.steps), "--warmup", str(a.warmup),
-           "--size", str(a.size), "--seed-pad", str(pad)]
+           "--size", str(a.size), "--seed-pad", str(pad), "--dtype", a.dtype]
+    if a.checkpointing:
+        cmd.append("--checkpointing")
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     out, wall, rss, foreign = measure(cmd, env, a.tries, a.timeout)
     res = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
@@ -369,7 +387,8 @@ def run_seed(model, data, threads, a, pad=0):
 
 def bench(a, exe, work):
     model = work / a.model_config
-    init_model(exe, a.model_config, model, False)
+    if not (a.keep and (model / "config.json").exists()):
+        init_model(exe, a.model_config, model, a.model_config == "2b")
     data, project = make_data(exe, work, a.records, a.size)
     rows = []
     for threads in [int(x) for x in a.threads.split(",")]:
@@ -385,7 +404,8 @@ def bench(a, exe, work):
         padded = run_seed(model, data, threads, a, a.seed_pad) if a.seed_pad else None
         rows.append((threads, ours, seed, padded))
     s = next((r[2] for r in rows if r[2]), None)
-    print(f"\n{a.model_config} config (f32), batch 2 of {a.size}x{a.size} images, {a.steps} steps, median "
+    print(f"\n{a.model_config} config ({a.dtype} base weights"
+          f"{', seed with gradient checkpointing' if a.checkpointing else ''}), batch 2 of {a.size}x{a.size} images, {a.steps} steps, median "
           f"after {a.warmup} warm-up steps; tokens per sample: roiscope "
           f"{rows[0][1]['tokens_per_sample']:.0f}"
           + (f", seed {s['tokens_per_sample']} (grid {s['grid'][0]}); trainable parameters: "
@@ -698,7 +718,13 @@ def main():
     ap.add_argument("--bench-answer-tokens", type=int, default=24,
                     help="answer tokens (with <|im_end|>) of the benchmark's records")
     ap.add_argument("--cuda-overhead", type=float, default=0.6, help="GiB")
-    ap.add_argument("--model-config", default="tiny", choices=["tiny", "small"],
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"],
+                    help="base weights on both sides (roiscope: base_dtype; adapters, heads f32)")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="the seed with gradient checkpointing (as its 12 GB setup)")
+    ap.add_argument("--recompute", choices=["true", "false"],
+                    help="roiscope's recompute setting (default: its own default)")
+    ap.add_argument("--model-config", default="tiny", choices=["tiny", "small", "2b"],
                     help="init-model config of the benchmark (tiny is the issue's)")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--steps", type=int, default=30)

@@ -1,10 +1,12 @@
-//! Issue 5's full-pipeline parity proof against transformers + peft + PyTorch heads
+//! The full-pipeline parity proof against transformers + peft + PyTorch heads
 //! (`tests/fixtures/make_pipeline_fixtures.py`): a fixed batch built through roiscope's own data
-//! path (chat layout, image processor, a re-processed negative, left padding) goes through the tiny
+//! path (chat layout, image processor, a re-processed negative, left padding) goes through the
+//! trainer's own replica (`Replica::forward_backward`, the code a training step runs) on the tiny
 //! model `qwen3vl/b` with peft's adapter, the ROI and match heads, the three losses and the task
 //! weights, and back. The batch must equal the one Python built; every loss term, weighted term
 //! and the total must match to 1e-4; the gradient of every adapter tensor, head parameter and the
-//! task weights to 1e-3 relative. Every tensor the fixture records is compared.
+//! task weights to 1e-3 relative, with activation recompute on; recompute on and off must give
+//! the same gradients to 1e-5 relative. Every tensor the fixture records is compared.
 
 #[path = "support/qwen3vl.rs"]
 mod support;
@@ -12,18 +14,14 @@ mod support;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use roiscope::model::folder::ModelFolder;
-use roiscope::model::ops::Exec;
-use roiscope::model::qwen3_vl::Qwen3Vl;
-use roiscope::train::data::{build_sample, collate, Batch, Example};
-use roiscope::train::heads::{box_centre, HeadsConfig, MatchHead, RoiHead, TaskWeights};
+use roiscope::train::data::{build_sample, collate, Counts, Example, Sample};
+use roiscope::train::heads::HeadsConfig;
 use roiscope::train::lora;
-use roiscope::train::losses::{
-    focal_loss, lm_loss, place_loss, roi_loss, FocalConfig, RoiLossConfig,
-};
+use roiscope::train::losses::{FocalConfig, RoiLossConfig};
+use roiscope::train::replica::{LossSettings, Replica, Shard, ShardResult};
 use serde_json::Value;
 use support::{max_abs_diff, model_dir, relative_diff};
 
@@ -31,119 +29,80 @@ fn pipeline_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipeline")
 }
 
-// The only code that calls the heads, losses and task-weight API (src/train/heads.rs,
-// losses.rs): `load_heads` and `forward_backward`, the place to adapt when their signatures change.
-
-struct Heads {
-    roi: RoiHead,
-    matcher: MatchHead,
-    task: TaskWeights,
-}
-
-/// The heads and task weights from the variables in `vb`, sized as `reference.json` says.
-fn load_heads(vb: VarBuilder, hidden: usize, settings: &Value) -> Heads {
+/// The trainer's replica (src/train/replica.rs) over the fixture's model with peft's adapter
+/// and the fixture's heads, with activation recompute on or off. The heads are sized as
+/// `reference.json` says; their dropout is off in this comparison.
+fn replica(settings: &Value, recompute: bool) -> Replica {
+    let dev = Device::Cpu;
+    let dir = model_dir("b");
+    let mut folder = ModelFolder::open(dir.path(), DType::F32, &dev).unwrap();
+    let adapter =
+        lora::load_peft(&mut folder.model, &pipeline_dir().join("adapter"), &dev).unwrap();
+    assert_eq!(adapter.modules.len(), 12, "4 layers x (q, v, gate)");
+    assert_eq!(adapter.config.dropout, 0.0);
+    let heads_vars = VarMap::new();
+    let saved =
+        candle_core::safetensors::load(pipeline_dir().join("heads.safetensors"), &dev).unwrap();
+    {
+        let mut data = heads_vars.data().lock().unwrap();
+        for (name, t) in &saved {
+            data.insert(name.clone(), Var::from_tensor(t).unwrap());
+        }
+    }
     let size = |k: &str| settings["heads"][k].as_u64().unwrap() as usize;
     let config = HeadsConfig {
         pool_hidden: size("pool_hidden"),
         roi_hidden: size("roi_hidden"),
-        // Unused: dropout is off in this comparison (no generator is passed).
-        roi_dropout: 0.1,
+        roi_dropout: 0.0,
         match_hidden: size("match_hidden"),
     };
-    Heads {
-        roi: RoiHead::load(vb.pp("roi"), hidden, &config).unwrap(),
-        matcher: MatchHead::load(vb.pp("match"), hidden, &config).unwrap(),
-        task: TaskWeights::load(vb.pp("task")).unwrap(),
-    }
+    let special = folder.tokenizer.special();
+    let replica = Replica::from_parts(
+        folder.model,
+        adapter,
+        heads_vars,
+        &config,
+        (special.endoftext, special.image_pad),
+        recompute,
+    )
+    .unwrap();
+    // Loading the heads made no variable of its own.
+    assert_eq!(replica.trainable().1.len(), saved.len());
+    replica
 }
 
-/// What one training batch gives.
-struct Outputs {
-    hidden: Tensor,
-    boxes: Tensor,
-    logits: Tensor,
-    losses: Tensor,
-    terms: Tensor,
-    total: Tensor,
-    grads: GradStore,
-}
-
-/// The trainer's forward and backward pass over one batch (`Trainer::batch` in
-/// src/train/trainer.rs), dropout off, with the loss settings of `reference.json`.
-fn forward_backward(model: &Qwen3Vl, heads: &Heads, batch: &Batch, settings: &Value) -> Outputs {
+/// The loss settings of `reference.json`.
+fn loss_settings(settings: &Value) -> LossSettings {
     let f = |v: &Value| v.as_f64().unwrap();
-    let focal = FocalConfig {
-        alpha: f(&settings["focal"]["alpha"]),
-        gamma: f(&settings["focal"]["gamma"]),
-        missed_weight: f(&settings["focal"]["missed_weight"]),
-    };
-    let roi_config = RoiLossConfig {
-        beta: f(&settings["roi"]["beta"]),
-        l1_weight: f(&settings["roi"]["l1_weight"]),
-        giou_weight: f(&settings["roi"]["giou_weight"]),
-    };
-    let lm_chunk = settings["lm_chunk"].as_u64().unwrap() as usize;
-
-    let out = model.forward(&batch.input, Exec::Differentiable).unwrap();
-    let hidden = out.hidden.to_dtype(DType::F32).unwrap();
-    let (boxes, locus) = heads
-        .roi
-        .forward(&hidden, &batch.image_mask, &batch.coords, None)
-        .unwrap();
-    let embeds = model.token_embeddings(&batch.input).unwrap();
-    let (logits, place) = heads
-        .matcher
-        .forward(
-            &hidden,
-            &batch.valid,
-            &batch.image_mask,
-            &embeds,
-            &locus,
-            &box_centre(&boxes).unwrap(),
-        )
-        .unwrap();
-    // One whole batch: the losses are divided by its own counts.
-    let roi_rows = f64::from(
-        batch
-            .roi_weight
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap(),
-    );
-    let l_roi = roi_loss(
-        &boxes,
-        &batch.roi_target,
-        &batch.roi_weight,
-        roi_config,
-        roi_rows,
-    )
-    .unwrap();
-    let samples = batch.labels.elem_count() as f64;
-    let l_place = place_loss(
-        &place,
-        &batch.roi_target,
-        &batch.roi_weight,
-        roi_config.beta,
-        roi_rows,
-    )
-    .unwrap();
-    let l_match = (focal_loss(&logits, &batch.labels, focal, samples).unwrap() + l_place).unwrap();
-    let head = model.lm_head().to_dtype(DType::F32).unwrap();
-    let targets = batch.lm_targets.len() as f64;
-    let l_lm = lm_loss(&hidden, &head, &batch.lm_targets, lm_chunk, targets).unwrap();
-    let losses = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0).unwrap();
-    let (total, terms) = heads.task.combine(&losses, 1.0).unwrap();
-    let grads = total.backward().unwrap();
-    Outputs {
-        hidden,
-        boxes,
-        logits,
-        losses,
-        terms,
-        total,
-        grads,
+    LossSettings {
+        focal: FocalConfig {
+            alpha: f(&settings["focal"]["alpha"]),
+            gamma: f(&settings["focal"]["gamma"]),
+            missed_weight: f(&settings["focal"]["missed_weight"]),
+        },
+        roi: RoiLossConfig {
+            beta: f(&settings["roi"]["beta"]),
+            l1_weight: f(&settings["roi"]["l1_weight"]),
+            giou_weight: f(&settings["roi"]["giou_weight"]),
+        },
+        place_weight: 1.0,
+        lm_chunk: settings["lm_chunk"].as_u64().unwrap() as usize,
     }
+}
+
+/// One training pass of the replica over the whole batch, as `Trainer::batch` runs it on one
+/// device.
+fn forward_backward(replica: &Replica, samples: &[Sample], settings: &Value) -> ShardResult {
+    let shard = Shard {
+        samples,
+        places: (0..samples.len() as u64).collect(),
+        counts: Counts::of(samples),
+        seed: 0,
+        share: 1.0,
+    };
+    replica
+        .forward_backward(&shard, loss_settings(settings))
+        .unwrap()
 }
 
 /// The fixture's records as the trainer's examples (`load_examples` makes them from a project).
@@ -206,10 +165,7 @@ fn training_pass_matches_transformers_peft_and_pytorch_heads() {
     };
 
     let dir = model_dir("b");
-    let mut folder = ModelFolder::open(dir.path(), DType::F32, &dev).unwrap();
-    let adapter =
-        lora::load_peft(&mut folder.model, &pipeline_dir().join("adapter"), &dev).unwrap();
-    assert_eq!(adapter.modules.len(), 12, "4 layers x (q, v, gate)");
+    let folder = ModelFolder::open(dir.path(), DType::F32, &dev).unwrap();
 
     // The batch, through the trainer's data path.
     let examples = examples(&json);
@@ -287,26 +243,21 @@ fn training_pass_matches_transformers_peft_and_pytorch_heads() {
         assert_eq!(max_abs_diff(ours, &r.get(key)), 0.0, "{key}");
     }
 
-    // The heads from the fixture's parameters; loading must make no variable of its own.
-    let heads_vars = VarMap::new();
-    let saved =
-        candle_core::safetensors::load(pipeline_dir().join("heads.safetensors"), &dev).unwrap();
-    {
-        let mut data = heads_vars.data().lock().unwrap();
-        for (name, t) in &saved {
-            data.insert(name.clone(), Var::from_tensor(t).unwrap());
-        }
-    }
-    let vb = VarBuilder::from_varmap(&heads_vars, DType::F32, &dev);
-    let hidden_size = folder.config.text.hidden_size;
-    let heads = load_heads(vb, hidden_size, &json);
-    assert_eq!(heads_vars.all_vars().len(), saved.len());
+    // The batch's own counts are what a one-device step divides by.
+    let counts = Counts::of(&samples);
+    assert_eq!(counts.samples, batch.labels.elem_count() as f64);
+    assert_eq!(counts.lm_targets, batch.lm_targets.len() as f64);
+    let roi_rows: f32 = batch.roi_weight.sum_all().unwrap().to_scalar().unwrap();
+    assert_eq!(counts.roi_rows, f64::from(roi_rows));
 
-    let out = forward_backward(&folder.model, &heads, &batch, &json);
+    let with_recompute = replica(&json, true);
+    let out = forward_backward(&with_recompute, &samples, &json);
+    let without = forward_backward(&replica(&json, false), &samples, &json);
+    let losses = Tensor::new(&out.losses.map(|l| l as f32), &dev).unwrap();
 
     // Final hidden states at real tokens (padding positions feed nothing: the heads give them
     // zero weight and no LM target sits there): max |a - b| / max |b|.
-    let hidden = masked(&out.hidden, &batch.valid);
+    let hidden = masked(&out.outputs.hidden, &batch.valid);
     let want = masked(&r.get("last_hidden"), &batch.valid);
     let hidden_rel = relative_diff(&hidden, &want);
     assert!(
@@ -316,11 +267,11 @@ fn training_pass_matches_transformers_peft_and_pytorch_heads() {
     // Head outputs, losses, weighted terms and total: max |a - b| (absolute).
     let mut largest_loss = 0f32;
     for (ours, key) in [
-        (&out.boxes, "pred_boxes"),
-        (&out.logits, "match_logits"),
-        (&out.losses, "losses"),
-        (&out.terms, "terms"),
-        (&out.total.reshape(1).unwrap(), "total"),
+        (&out.outputs.boxes, "pred_boxes"),
+        (&out.outputs.logits, "match_logits"),
+        (&losses, "losses"),
+        (&out.outputs.terms, "terms"),
+        (&out.outputs.total.reshape(1).unwrap(), "total"),
     ] {
         let diff = max_abs_diff(ours, &r.get(key));
         assert!(diff <= 1e-4, "{key}: {ours} vs {}", r.tensors[key]);
@@ -333,15 +284,26 @@ fn training_pass_matches_transformers_peft_and_pytorch_heads() {
     // The LoRA gradients come out about 4e-4 from the float64 reference, almost all of it from the
     // LM loss's float32 softmax over 151,936 classes (PyTorch's own float32 cross-entropy is
     // 1.5e-4 off here); the ROI and match terms alone agree to a few 1e-6.
+    // With recompute on and off, the same gradients to 1e-5 relative.
     let mut largest = HashMap::new();
-    for (group, vars) in [("lora", &adapter.varmap), ("heads", &heads_vars)] {
-        for (name, var) in vars.data().lock().unwrap().iter() {
+    let (adapters, heads) = with_recompute.trainable();
+    let missing: Vec<&String> = adapters
+        .iter()
+        .chain(&heads)
+        .map(|(n, _)| n)
+        .filter(|n| !out.grads.contains_key(*n))
+        .collect();
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+    for (group, vars) in [("lora", &adapters), ("heads", &heads)] {
+        for (name, _) in vars.iter() {
             let g = out
                 .grads
-                .get(var.as_tensor())
+                .get(name)
                 .unwrap_or_else(|| panic!("no gradient for {name}"));
             let rel = relative_diff(g, &r.get(&format!("grad.{name}")));
             assert!(rel < 1e-3, "{name}: relative gradient difference {rel}");
+            let same = relative_diff(g, &without.grads[name]);
+            assert!(same < 1e-5, "{name}: recompute on and off differ by {same}");
             let group = if name.starts_with("task.") {
                 "task"
             } else {
@@ -351,7 +313,13 @@ fn training_pass_matches_transformers_peft_and_pytorch_heads() {
             *m = m.max(rel);
         }
     }
-    let per_loss: Vec<String> = (&out.losses - &r.tensors["losses"])
+    for (a, b) in out.losses.iter().zip(&without.losses) {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "losses with and without recompute: {a} vs {b}"
+        );
+    }
+    let per_loss: Vec<String> = (&losses - &r.tensors["losses"])
         .unwrap()
         .abs()
         .unwrap()

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::thin::thin;
 use crate::train::trainer::{
-    checkpoint_config, checkpoint_step, latest_checkpoint, load_inputs, Control, Event,
+    checkpoint_config, checkpoint_step, latest_checkpoint, load_inputs, BaseDtype, Control, Event,
     TrainConfig, Trainer, TASKS,
 };
 
@@ -224,7 +224,7 @@ pub fn new_trainer(
     devices: &str,
     out: &Path,
 ) -> anyhow::Result<Trainer> {
-    let (devices, examples, folder) = load_inputs(project, model, devices)?;
+    let (devices, examples, folder) = load_inputs(project, model, devices, config.base_dtype)?;
     Trainer::new(config, folder, examples, out, &devices)
 }
 
@@ -291,7 +291,8 @@ impl TrainingPanel {
         self.log
             .push(format!("continuing {} from step {step}", run_name(&dir)));
         self.launch(ctx, dir, false, move || {
-            let (devices, examples, folder) = load_inputs(&project, &model, &devices)?;
+            let base_dtype = checkpoint_config(&latest_checkpoint(&run)?)?.base_dtype;
+            let (devices, examples, folder) = load_inputs(&project, &model, &devices, base_dtype)?;
             Trainer::resume(folder, examples, &run, &devices)
         });
     }
@@ -834,6 +835,38 @@ fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
         ui.end_row();
         ui.label("hard negatives").on_hover_text("Draw negatives of the same modality/organ with another diagnosis");
         ui.checkbox(&mut c.hard_negatives, "").on_hover_text("Draw negatives of the same modality/organ with another diagnosis");
+        ui.end_row();
+        let tip = "Dtype of the frozen base weights: bf16 halves their memory (on the CPU each \
+                   matrix is widened to f32 for its product); auto is bf16 on a GPU, f32 on the CPU";
+        ui.label("base weights").on_hover_text(tip);
+        egui::ComboBox::from_id_salt("base-dtype")
+            .selected_text(c.base_dtype.name())
+            .show_ui(ui, |ui| {
+                for d in BaseDtype::ALL {
+                    ui.selectable_value(&mut c.base_dtype, d, d.name());
+                }
+            })
+            .response
+            .on_hover_text(tip);
+        ui.end_row();
+        let tip = "Activation recompute: keep only each layer's input through the forward pass \
+                   and compute the layer again in backward (a third more compute, a fraction of \
+                   the memory); auto: on for models of 1B parameters or more";
+        ui.label("recompute").on_hover_text(tip);
+        let name = |r: Option<bool>| match r {
+            None => "auto",
+            Some(true) => "on",
+            Some(false) => "off",
+        };
+        egui::ComboBox::from_id_salt("recompute")
+            .selected_text(name(c.recompute))
+            .show_ui(ui, |ui| {
+                for r in [None, Some(true), Some(false)] {
+                    ui.selectable_value(&mut c.recompute, r, name(r));
+                }
+            })
+            .response
+            .on_hover_text(tip);
         ui.end_row();
     });
 }

@@ -9,7 +9,9 @@ use std::sync::mpsc;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::train::trainer::{load_inputs, Event, TrainConfig, Trainer};
+use crate::train::trainer::{
+    checkpoint_config, latest_checkpoint, load_inputs, Event, TrainConfig, Trainer,
+};
 
 pub const LONG_ABOUT: &str = "Fine-tune a Qwen3-VL model folder on a project's train split.\n\n\
     Trains LoRA adapters (the base model stays frozen), the ROI head, the match head and the \
@@ -53,12 +55,21 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (devices, examples, folder) = load_inputs(&args.project, &args.model, &args.devices)?;
+    // The base weights' dtype is a setting of the run, so the settings come first.
+    let base_dtype = match &args.resume {
+        Some(run) => checkpoint_config(&latest_checkpoint(run)?)?.base_dtype,
+        None => match &args.config {
+            Some(path) => TrainConfig::from_toml_file(path)?.base_dtype,
+            None => TrainConfig::default().base_dtype,
+        },
+    };
+    let inputs = || load_inputs(&args.project, &args.model, &args.devices, base_dtype);
     let (mut trainer, run_dir) = match (&args.resume, &args.out) {
         (Some(run), _) => {
             if args.max_steps.is_some() {
                 bail!("--max-steps cannot change a resumed run (its schedule depends on it)");
             }
+            let (devices, examples, folder) = inputs()?;
             (
                 Trainer::resume(folder, examples, run, &devices)?,
                 run.clone(),
@@ -81,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             {
                 bail!("{} is not empty; give a new run folder", out.display());
             }
+            let (devices, examples, folder) = inputs()?;
             std::fs::create_dir_all(out)
                 .with_context(|| format!("cannot create {}", out.display()))?;
             (

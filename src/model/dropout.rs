@@ -98,33 +98,32 @@ impl DropoutPlan {
     }
 }
 
-/// The dropout of one model replica's adapters: off until a plan is set, then each adapter call
-/// takes the next site number.
+/// The dropout of one model replica's adapters: off until a plan is set; each adapter draws its
+/// masks at its own site number.
 #[derive(Debug, Default)]
 pub struct Dropout {
-    state: Mutex<Option<(DropoutPlan, u64)>>,
+    plan: Mutex<Option<DropoutPlan>>,
 }
 
 impl Dropout {
-    /// Masks for the next forward pass come from `plan`.
+    /// Masks from now on come from `plan` (until [`Self::end`], after the backward pass, which
+    /// may run blocks again).
     pub fn begin(&self, plan: DropoutPlan) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some((plan, 0));
+        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(plan);
     }
 
     /// Dropout off (evaluation).
     pub fn end(&self) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// The next site's mask, or `None` while dropout is off.
-    pub fn next_mask(&self, p: f64, dims: &[usize]) -> Result<Option<Vec<f32>>> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((plan, site)) = state.as_mut() else {
-            return Ok(None);
-        };
-        let mask = plan.mask(p, *site, dims)?;
-        *site += 1;
-        Ok(Some(mask))
+    /// The mask of dropout site `site` for an input of `dims`, or `None` while dropout is off.
+    pub fn mask(&self, p: f64, site: u64, dims: &[usize]) -> Result<Option<Vec<f32>>> {
+        let plan = self.plan.lock().unwrap_or_else(|e| e.into_inner());
+        match plan.as_ref() {
+            Some(plan) => Ok(Some(plan.mask(p, site, dims)?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -169,10 +168,12 @@ mod tests {
     #[test]
     fn off_until_a_plan_is_set() {
         let d = Dropout::default();
-        assert!(d.next_mask(0.1, &[1, 2, 3]).unwrap().is_none());
+        assert!(d.mask(0.1, 0, &[1, 2, 3]).unwrap().is_none());
         d.begin(plan(vec![0], vec![4]));
-        assert!(d.next_mask(0.1, &[1, 2, 3]).unwrap().is_some());
+        let first = d.mask(0.1, 5, &[1, 2, 3]).unwrap().unwrap();
+        // The same site draws the same mask again (a block computed twice for backward).
+        assert_eq!(d.mask(0.1, 5, &[1, 2, 3]).unwrap().unwrap(), first);
         d.end();
-        assert!(d.next_mask(0.1, &[1, 2, 3]).unwrap().is_none());
+        assert!(d.mask(0.1, 0, &[1, 2, 3]).unwrap().is_none());
     }
 }

@@ -4,6 +4,8 @@
 //! - [`weights`]: strict safetensors loading (every tensor named and shaped by the config);
 //! - [`dropout`]: counter-based dropout masks, the same for a sample on any replica;
 //! - [`ops`]: the operations that exist in a differentiable and a fused form;
+//! - [`grad`]: backward passes that cost only what training needs (frozen weights get no
+//!   gradient, activation recompute);
 //! - [`positions`]: MRoPE positions and the vision tower's patch positions;
 //! - [`vision`], [`text`], [`qwen3_vl`]: the vision tower, the text model, and the two joined;
 //! - [`generate`]: greedy and top-p generation with a resettable cache;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod dropout;
 pub mod folder;
 pub mod generate;
+pub mod grad;
 pub mod ops;
 pub mod positions;
 pub mod processor;

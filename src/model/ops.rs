@@ -162,12 +162,15 @@ pub struct Lora {
     /// Dropout is applied only while this has a plan (training); counter-based, so runs repeat
     /// and replicas agree.
     pub masks: Option<std::sync::Arc<super::dropout::Dropout>>,
+    /// This adapter's dropout site: its place among the model's adapters, so a block computed
+    /// again for backward (activation recompute) draws the masks it drew the first time.
+    pub site: u64,
 }
 
 impl Lora {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mask = match &self.masks {
-            Some(masks) if self.dropout > 0.0 => masks.next_mask(self.dropout, x.dims())?,
+            Some(masks) if self.dropout > 0.0 => masks.mask(self.dropout, self.site, x.dims())?,
             _ => None,
         };
         let x = match mask {
@@ -233,10 +236,18 @@ impl Linear {
 }
 
 impl Module for Linear {
+    /// A frozen weight (a base weight, not a variable) in a graph (training) gets no gradient
+    /// for its product (`grad::frozen_matmul`); a trainable one (the heads') does. A weight
+    /// stored in another dtype than `x` is widened for the product (bf16 weights computed in f32
+    /// on the CPU).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = matmul_last(x, &self.weight)?;
+        let mut y = if x.track_op() && !self.weight.track_op() {
+            super::grad::frozen_matmul(x, &self.weight)?
+        } else {
+            matmul_last(x, &super::grad::widened(&self.weight, x.dtype())?)?
+        };
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+            y = y.broadcast_add(&super::grad::widened(b, y.dtype())?)?;
         }
         match &self.lora {
             Some(lora) => y + lora.forward(x)?,

@@ -147,17 +147,40 @@ impl Qwen3Vl {
         &self.config
     }
 
+    /// Parameters of the base model (every tensor the config names).
+    pub fn parameter_count(&self) -> usize {
+        super::weights::expected_shapes(&self.config)
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
+    }
+
     pub fn device(&self) -> &Device {
         self.vision.device()
     }
 
+    /// The dtype the model computes in (activations, norms, biases).
     pub fn dtype(&self) -> DType {
+        self.text.dtype()
+    }
+
+    /// The dtype the large matrices are stored in (bf16 or f32; see
+    /// [`super::weights::compute_dtype`]).
+    pub fn storage_dtype(&self) -> DType {
         self.text.embed_tokens.dtype()
+    }
+
+    /// Turns activation recompute per decoder layer (and vision block) on for training (the adapters' gradients
+    /// inside the layers then go to `sink`; see [`super::grad::checkpoint`]) or off.
+    pub fn set_recompute(&mut self, sink: Option<std::sync::Arc<super::grad::GradSink>>) {
+        self.vision.set_recompute(sink.clone());
+        self.text.set_recompute(sink);
     }
 
     /// Logits over the vocabulary for hidden states `(..., hidden)`.
     pub fn logits(&self, hidden: &Tensor) -> anyhow::Result<Tensor> {
-        Ok(super::ops::matmul_last(hidden, self.lm_head())?)
+        let head = super::grad::widened(self.lm_head(), hidden.dtype())?;
+        Ok(super::ops::matmul_last(hidden, &head)?)
     }
 
     /// A full forward pass without a cache.

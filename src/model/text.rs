@@ -1,10 +1,13 @@
 //! Qwen3-VL's text model: decoder layers with QK-norm, grouped-query attention and MRoPE, a
 //! key/value cache for generation, and the DeepStack additions at image positions.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::TextConfig;
+use super::grad::{self, GradSink};
 use super::ops::{self, Exec, Linear};
 
 #[derive(Clone)]
@@ -20,6 +23,25 @@ struct Layer {
     down_proj: Linear,
     input_norm: Tensor,
     post_attention_norm: Tensor,
+}
+
+impl Layer {
+    /// The trainable tensors inside the layer (its adapters).
+    fn adapter_tensors(&self) -> Vec<Tensor> {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+        .iter()
+        .filter_map(|l| l.lora.as_ref())
+        .flat_map(|l| [l.a.clone(), l.b.clone()])
+        .collect()
+    }
 }
 
 /// Keys and values of the tokens seen so far, per layer. [`KvCache::reset`] empties it, so a
@@ -61,6 +83,9 @@ pub struct TextModel {
     pub(crate) embed_tokens: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
+    /// Activation recompute in training: where the layers' adapter gradients go (see
+    /// [`grad::checkpoint`]); `None` keeps every layer's activations until backward.
+    recompute: Option<Arc<GradSink>>,
 }
 
 impl TextModel {
@@ -96,6 +121,7 @@ impl TextModel {
             embed_tokens: vb.get((c.vocab_size, h), "embed_tokens.weight")?,
             layers,
             norm: vb.get(h, "norm.weight")?,
+            recompute: None,
         })
     }
 
@@ -119,11 +145,23 @@ impl TextModel {
         &self.config
     }
 
-    /// Embeddings of `ids` (`(batch, seq)` u32).
+    /// Turns activation recompute in training on (gradients of the layers' adapters then go to
+    /// `sink`) or off.
+    pub fn set_recompute(&mut self, sink: Option<Arc<GradSink>>) {
+        self.recompute = sink;
+    }
+
+    /// The dtype the model computes in (the embeddings may be stored in a narrower one).
+    pub fn dtype(&self) -> DType {
+        self.norm.dtype()
+    }
+
+    /// Embeddings of `ids` (`(batch, seq)` u32), in the compute dtype.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
         self.embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
+            .to_dtype(self.dtype())?
             .reshape((b, s, self.config.hidden_size))
     }
 
@@ -152,60 +190,70 @@ impl TextModel {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = self.layer(layer, &x, cos, sin, mask, slot, exec)?;
+            x = match (&self.recompute, exec, slot) {
+                (Some(sink), Exec::Differentiable, None) => {
+                    let (c, l) = (self.config.clone(), layer.clone());
+                    let (cos, sin, mask) = (cos.clone(), sin.clone(), mask.cloned());
+                    let block: grad::Block = Arc::new(move |x: &Tensor| {
+                        layer_forward(&c, &l, x, &cos, &sin, mask.as_ref(), None, exec)
+                    });
+                    grad::checkpoint(&x, block, layer.adapter_tensors(), sink.clone())?
+                }
+                (_, _, slot) => layer_forward(&self.config, layer, &x, cos, sin, mask, slot, exec)?,
+            };
             if let Some(add) = deepstack.get(i) {
                 x = (x + add)?;
             }
         }
         ops::rms_norm(&x, &self.norm, self.config.rms_norm_eps, exec)
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn layer(
-        &self,
-        l: &Layer,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        exec: Exec,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let eps = c.rms_norm_eps;
-        let (b, s, _) = x.dims3()?;
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let h = ops::rms_norm(x, &l.input_norm, eps, exec)?;
-        let q = l.q_proj.forward(&h)?.reshape((b, s, nh, hd))?;
-        let k = l.k_proj.forward(&h)?.reshape((b, s, nkv, hd))?;
-        let v = l.v_proj.forward(&h)?.reshape((b, s, nkv, hd))?;
-        let q = ops::rms_norm(&q, &l.q_norm, eps, exec)?.transpose(1, 2)?;
-        let k = ops::rms_norm(&k, &l.k_norm, eps, exec)?.transpose(1, 2)?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let q = ops::rope(&q.contiguous()?, cos, sin, exec)?;
-        let k = ops::rope(&k.contiguous()?, cos, sin, exec)?;
-        let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
-            None => (k, v),
-        };
-        let k = repeat_kv(&k, nh / nkv)?;
-        let v = repeat_kv(&v, nh / nkv)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = ops::attention(&q, &k.contiguous()?, &v.contiguous()?, mask, scale, exec)?;
-        let att = att.transpose(1, 2)?.reshape((b, s, nh * hd))?;
-        let x = (x + l.o_proj.forward(&att)?)?;
-        let h = ops::rms_norm(&x, &l.post_attention_norm, eps, exec)?;
-        let gate = c.hidden_act.apply(&l.gate_proj.forward(&h)?)?;
-        let mlp = l.down_proj.forward(&(gate * l.up_proj.forward(&h)?)?)?;
-        x + mlp
-    }
+/// One decoder layer over `x` `(batch, seq, hidden)`, appending to `cache` when given.
+#[allow(clippy::too_many_arguments)]
+fn layer_forward(
+    c: &TextConfig,
+    l: &Layer,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: Option<&Tensor>,
+    cache: Option<&mut Option<(Tensor, Tensor)>>,
+    exec: Exec,
+) -> Result<Tensor> {
+    let eps = c.rms_norm_eps;
+    let (b, s, _) = x.dims3()?;
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let h = ops::rms_norm(x, &l.input_norm, eps, exec)?;
+    let q = l.q_proj.forward(&h)?.reshape((b, s, nh, hd))?;
+    let k = l.k_proj.forward(&h)?.reshape((b, s, nkv, hd))?;
+    let v = l.v_proj.forward(&h)?.reshape((b, s, nkv, hd))?;
+    let q = ops::rms_norm(&q, &l.q_norm, eps, exec)?.transpose(1, 2)?;
+    let k = ops::rms_norm(&k, &l.k_norm, eps, exec)?.transpose(1, 2)?;
+    let v = v.transpose(1, 2)?.contiguous()?;
+    let q = ops::rope(&q.contiguous()?, cos, sin, exec)?;
+    let k = ops::rope(&k.contiguous()?, cos, sin, exec)?;
+    let (k, v) = match cache {
+        Some(slot) => {
+            let (k, v) = match slot.take() {
+                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                None => (k, v),
+            };
+            *slot = Some((k.clone(), v.clone()));
+            (k, v)
+        }
+        None => (k, v),
+    };
+    let k = repeat_kv(&k, nh / nkv)?;
+    let v = repeat_kv(&v, nh / nkv)?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let att = ops::attention(&q, &k.contiguous()?, &v.contiguous()?, mask, scale, exec)?;
+    let att = att.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+    let x = (x + l.o_proj.forward(&att)?)?;
+    let h = ops::rms_norm(&x, &l.post_attention_norm, eps, exec)?;
+    let gate = c.hidden_act.apply(&l.gate_proj.forward(&h)?)?;
+    let mlp = l.down_proj.forward(&(gate * l.up_proj.forward(&h)?)?)?;
+    x + mlp
 }
 
 /// `(batch, kv_heads, seq, d)` to `(batch, kv_heads * n, seq, d)`, each key/value head shared by

@@ -1,10 +1,13 @@
 //! Qwen3-VL's vision tower: patches to merged image tokens, plus the DeepStack features that
 //! are added to the first text layers.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::VisionConfig;
+use super::grad::{self, GradSink};
 use super::ops::{self, Exec, Linear};
 use super::positions;
 
@@ -36,6 +39,17 @@ struct Block {
     proj: Linear,
     fc1: Linear,
     fc2: Linear,
+}
+
+impl Block {
+    /// The trainable tensors inside the block (its adapters, where LoRA targets the tower).
+    fn adapter_tensors(&self) -> Vec<Tensor> {
+        [&self.qkv, &self.proj, &self.fc1, &self.fc2]
+            .iter()
+            .filter_map(|l| l.lora.as_ref())
+            .flat_map(|l| [l.a.clone(), l.b.clone()])
+            .collect()
+    }
 }
 
 /// Joins each `merge x merge` group of patches into one token of the text model's width.
@@ -96,6 +110,9 @@ pub struct VisionTower {
     blocks: Vec<Block>,
     merger: Merger,
     deepstack: Vec<Merger>,
+    /// Activation recompute per block in training (see `TextModel::set_recompute`); it matters
+    /// only where LoRA targets the tower (otherwise nothing in it trains and it keeps no graph).
+    recompute: Option<Arc<GradSink>>,
 }
 
 impl VisionTower {
@@ -146,6 +163,7 @@ impl VisionTower {
             blocks,
             merger,
             deepstack,
+            recompute: None,
         })
     }
 
@@ -195,7 +213,18 @@ impl VisionTower {
 
         let mut deepstack = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block(block, &x, &cos, &sin, &segments, exec)?;
+            let params = block.adapter_tensors();
+            x = match &self.recompute {
+                Some(sink) if exec == Exec::Differentiable && !params.is_empty() => {
+                    let (c, b) = (self.config.clone(), block.clone());
+                    let (cos, sin, segments) = (cos.clone(), sin.clone(), segments.clone());
+                    let f: grad::Block = Arc::new(move |x: &Tensor| {
+                        block_forward(&c, &b, x, &cos, &sin, &segments, exec)
+                    });
+                    grad::checkpoint(&x, f, params, sink.clone())?
+                }
+                _ => block_forward(&self.config, block, &x, &cos, &sin, &segments, exec)?,
+            };
             if let Some(j) = c.deepstack_visual_indexes.iter().position(|&d| d == i) {
                 deepstack.push(self.deepstack[j].forward(&x, exec)?);
             }
@@ -204,42 +233,6 @@ impl VisionTower {
             embeds: self.merger.forward(&x, exec)?,
             deepstack,
         })
-    }
-
-    fn block(
-        &self,
-        b: &Block,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        segments: &[(usize, usize)],
-        exec: Exec,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (n, heads, hd) = (x.dim(0)?, c.num_heads, c.head_dim());
-        let qkv = b
-            .qkv
-            .forward(&b.norm1.forward(x, exec)?)?
-            .reshape((n, 3, heads, hd))?
-            .permute((1, 2, 0, 3))?; // (3, heads, n, hd)
-        let q = ops::rope(&qkv.get(0)?.unsqueeze(0)?, cos, sin, exec)?;
-        let k = ops::rope(&qkv.get(1)?.unsqueeze(0)?, cos, sin, exec)?;
-        let v = qkv.get(2)?.unsqueeze(0)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut outs = Vec::with_capacity(segments.len());
-        for &(start, len) in segments {
-            let q = q.narrow(2, start, len)?.contiguous()?;
-            let k = k.narrow(2, start, len)?.contiguous()?;
-            let v = v.narrow(2, start, len)?.contiguous()?;
-            outs.push(ops::attention(&q, &k, &v, None, scale, exec)?);
-        }
-        let att = Tensor::cat(&outs, 2)?; // (1, heads, n, hd)
-        let att = att.squeeze(0)?.transpose(0, 1)?.reshape((n, heads * hd))?;
-        let x = (x + b.proj.forward(&att)?)?;
-        let hidden = c
-            .hidden_act
-            .apply(&b.fc1.forward(&b.norm2.forward(&x, exec)?)?)?;
-        x + b.fc2.forward(&hidden)?
     }
 
     /// Every linear layer with its module name under `prefix` (as transformers names it).
@@ -272,4 +265,45 @@ impl VisionTower {
     pub fn device(&self) -> &Device {
         self.pos_embed.device()
     }
+
+    /// See [`Self::recompute`].
+    pub fn set_recompute(&mut self, sink: Option<Arc<GradSink>>) {
+        self.recompute = sink;
+    }
+}
+
+/// One block of the tower over `x` `(patches, hidden)`.
+fn block_forward(
+    c: &VisionConfig,
+    b: &Block,
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    segments: &[(usize, usize)],
+    exec: Exec,
+) -> Result<Tensor> {
+    let (n, heads, hd) = (x.dim(0)?, c.num_heads, c.head_dim());
+    let qkv = b
+        .qkv
+        .forward(&b.norm1.forward(x, exec)?)?
+        .reshape((n, 3, heads, hd))?
+        .permute((1, 2, 0, 3))?; // (3, heads, n, hd)
+    let q = ops::rope(&qkv.get(0)?.unsqueeze(0)?, cos, sin, exec)?;
+    let k = ops::rope(&qkv.get(1)?.unsqueeze(0)?, cos, sin, exec)?;
+    let v = qkv.get(2)?.unsqueeze(0)?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut outs = Vec::with_capacity(segments.len());
+    for &(start, len) in segments {
+        let q = q.narrow(2, start, len)?.contiguous()?;
+        let k = k.narrow(2, start, len)?.contiguous()?;
+        let v = v.narrow(2, start, len)?.contiguous()?;
+        outs.push(ops::attention(&q, &k, &v, None, scale, exec)?);
+    }
+    let att = Tensor::cat(&outs, 2)?; // (1, heads, n, hd)
+    let att = att.squeeze(0)?.transpose(0, 1)?.reshape((n, heads * hd))?;
+    let x = (x + b.proj.forward(&att)?)?;
+    let hidden = c
+        .hidden_act
+        .apply(&b.fc1.forward(&b.norm2.forward(&x, exec)?)?)?;
+    x + b.fc2.forward(&hidden)?
 }

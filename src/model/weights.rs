@@ -241,6 +241,28 @@ struct Entry {
 struct FileTensors {
     files: Vec<(PathBuf, std::fs::File)>,
     entries: HashMap<String, Entry>,
+    /// The dtype the large matrices are kept in (see [`stored_as_is`]); everything else is read
+    /// in the dtype the model computes in.
+    storage: DType,
+}
+
+/// The model computes in the dtype its weights are stored in, except on the CPU, where candle
+/// has no bf16/f16 matrix product of its own (it widens both operands on every call): there the
+/// large matrices stay in their storage dtype (half the memory), are widened one at a time for
+/// their product, and everything else is f32.
+pub fn compute_dtype(storage: DType, device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        storage
+    }
+}
+
+/// Whether a tensor is one of the large matrices kept in the storage dtype: the linear layers'
+/// weights, the token embeddings and the LM head (2-D `*.weight`), not the vision tower's
+/// position table (it is mixed with weights in the compute dtype).
+fn stored_as_is(name: &str, rank: usize) -> bool {
+    rank == 2 && name.ends_with(".weight") && !name.ends_with("pos_embed.weight")
 }
 
 impl FileTensors {
@@ -313,7 +335,11 @@ impl FileTensors {
             }
             files.push((path.clone(), file));
         }
-        Ok(FileTensors { files, entries })
+        Ok(FileTensors {
+            files,
+            entries,
+            storage: DType::F32,
+        })
     }
 
     fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
@@ -339,6 +365,11 @@ impl candle_nn::var_builder::SimpleBackend for FileTensors {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
+        let dtype = if stored_as_is(name, s.rank()) {
+            self.storage
+        } else {
+            dtype
+        };
         let t = self.read(name, dtype, dev)?;
         if t.shape() != &s {
             candle_core::bail!("{name} is {:?}, the model needs {:?}", t.dims(), s.dims());
@@ -355,8 +386,8 @@ impl candle_nn::var_builder::SimpleBackend for FileTensors {
     }
 }
 
-/// Opens the checkpoint after checking every name and shape; tensors are read and converted to
-/// `dtype` as the model asks for them.
+/// Opens the checkpoint after checking every name and shape; tensors are read as the model asks
+/// for them, the large matrices converted to `dtype` and the rest to [`compute_dtype`].
 pub fn load(
     config: &Qwen3VlConfig,
     dir: &Path,
@@ -364,7 +395,8 @@ pub fn load(
     device: &Device,
 ) -> anyhow::Result<VarBuilder<'static>> {
     let files = checkpoint_files(dir)?;
-    let tensors = FileTensors::open(&files)?;
+    let mut tensors = FileTensors::open(&files)?;
+    tensors.storage = dtype;
     let found: HashMap<String, Vec<usize>> = tensors
         .entries
         .iter()
@@ -373,7 +405,7 @@ pub fn load(
     check_names(config, &found)?;
     Ok(VarBuilder::from_backend(
         Box::new(tensors),
-        dtype,
+        compute_dtype(dtype, device),
         device.clone(),
     ))
 }

@@ -114,6 +114,8 @@ fn attach_with(
             scale: config.alpha / config.r as f64,
             dropout: config.dropout,
             masks: None,
+            // Sites in model order, as the adapters are called in one forward pass.
+            site: modules.len() as u64,
         });
         let mut data = varmap.data().lock().expect("fresh varmap");
         data.insert(a_name, a);

@@ -13,7 +13,8 @@
 //!   box on true pairs. Learned from the match loss alone (through the agreement term) the place
 //!   stayed at the image's middle and the match AUC at 0.63 (BENCHMARKS.md);
 //! - LM: cross-entropy on the chosen target tokens only, computed in chunks of rows so the
-//!   vocabulary-wide logits of a whole batch never exist at once.
+//!   vocabulary-wide logits of a whole batch never exist at once, in training as in evaluation
+//!   (the backward computes each chunk's logits again).
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -153,8 +154,13 @@ pub fn focal_loss(
 
 /// Cross-entropy of the tokens at `targets` (`(row, position, token)`: the hidden state at
 /// `position` predicts `token`), summed and divided by `count` (the whole batch's number of
-/// targets). `hidden` `(batch, seq, h)`, `head` `(vocab, h)`. Rows of logits are made `chunk` at
-/// a time.
+/// targets). `hidden` `(batch, seq, h)`, `head` `(vocab, h)` frozen (it may be stored in bf16).
+///
+/// The vocabulary-wide logits exist for `chunk` rows at a time, in the forward pass and in the
+/// backward pass alike: the forward keeps none of them, the backward computes each chunk's
+/// again and turns it into that chunk's gradient at once (`softmax - onehot` times the head).
+/// So training memory is bounded by one chunk whatever the number of targets, and the head
+/// gets no gradient.
 pub fn lm_loss(
     hidden: &Tensor,
     head: &Tensor,
@@ -167,25 +173,91 @@ pub fn lm_loss(
         return (hidden.sum_all()? * 0.0)?.to_dtype(DType::F32);
     }
     let (_, seq, h) = hidden.dims3()?;
-    let flat = hidden.reshape(((), h))?;
-    let mut total: Option<Tensor> = None;
-    for part in targets.chunks(chunk.max(1)) {
-        let rows: Vec<u32> = part.iter().map(|&(b, s, _)| (b * seq + s) as u32).collect();
-        let tokens: Vec<u32> = part.iter().map(|&(_, _, t)| t).collect();
-        let rows = Tensor::from_vec(rows, part.len(), device)?;
-        let tokens = Tensor::from_vec(tokens, (part.len(), 1), device)?;
-        let logits = flat
-            .index_select(&rows, 0)?
-            .matmul(&head.t()?)?
-            .to_dtype(DType::F32)?;
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = log_probs.gather(&tokens, 1)?.sum_all()?.neg()?;
-        total = Some(match total {
-            None => picked,
-            Some(t) => (t + picked)?,
+    let rows: Vec<u32> = targets
+        .iter()
+        .map(|&(b, s, _)| (b * seq + s) as u32)
+        .collect();
+    let rows = Tensor::from_vec(rows, targets.len(), device)?;
+    let x = hidden
+        .reshape(((), h))?
+        .index_select(&rows, 0)?
+        .to_dtype(DType::F32)?;
+    let tokens: Vec<u32> = targets.iter().map(|&(_, _, t)| t).collect();
+    let chunk = chunk.max(1);
+    let nll = summed_nll(&x.detach(), head, &tokens, chunk)?;
+    let head = head.clone();
+    let total = crate::model::grad::with_backward(&x, nll, move |x, grad| {
+        nll_gradient(x, &head, &tokens, chunk)?.broadcast_mul(&grad.to_dtype(DType::F32)?)
+    })?;
+    total / count.max(1.0)
+}
+
+/// Rows of the head widened at once when it is stored narrower than f32 (64 MiB at hidden 2048).
+const HEAD_BLOCK: usize = 8192;
+
+/// Logits `(rows, vocab)` in f32 of `x` `(rows, h)` against `head` `(vocab, h)`.
+fn chunk_logits(x: &Tensor, head: &Tensor) -> Result<Tensor> {
+    if head.dtype() == x.dtype() {
+        return x.matmul(&head.t()?);
+    }
+    let vocab = head.dim(0)?;
+    let blocks = (0..vocab)
+        .step_by(HEAD_BLOCK)
+        .map(|start| {
+            let w = head.narrow(0, start, HEAD_BLOCK.min(vocab - start))?;
+            x.matmul(&w.to_dtype(x.dtype())?.t()?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&blocks, 1)
+}
+
+/// `p` `(rows, vocab)` times `head` `(vocab, h)`, the head widened a block at a time.
+fn times_head(p: &Tensor, head: &Tensor) -> Result<Tensor> {
+    if head.dtype() == p.dtype() {
+        return p.matmul(head);
+    }
+    let vocab = head.dim(0)?;
+    let mut sum: Option<Tensor> = None;
+    for start in (0..vocab).step_by(HEAD_BLOCK) {
+        let len = HEAD_BLOCK.min(vocab - start);
+        let part = p
+            .narrow(1, start, len)?
+            .contiguous()?
+            .matmul(&head.narrow(0, start, len)?.to_dtype(p.dtype())?)?;
+        sum = Some(match sum {
+            None => part,
+            Some(s) => (s + part)?,
         });
     }
-    total.expect("targets is not empty") / count.max(1.0)
+    sum.ok_or_else(|| candle_core::Error::Msg("empty vocabulary".into()))
+}
+
+/// `sum_i -log softmax(x_i W^T)[token_i]`, a scalar, outside any graph.
+fn summed_nll(x: &Tensor, head: &Tensor, tokens: &[u32], chunk: usize) -> Result<Tensor> {
+    let mut total = 0f64;
+    for (i, part) in tokens.chunks(chunk).enumerate() {
+        let logits = chunk_logits(&x.narrow(0, i * chunk, part.len())?, head)?;
+        let ids = Tensor::from_vec(part.to_vec(), (part.len(), 1), x.device())?;
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let picked: f32 = log_probs.gather(&ids, 1)?.sum_all()?.to_scalar()?;
+        total -= f64::from(picked);
+    }
+    Tensor::new(total as f32, x.device())
+}
+
+/// The gradient of [`summed_nll`] with respect to `x`: `(softmax - onehot) W` per chunk.
+fn nll_gradient(x: &Tensor, head: &Tensor, tokens: &[u32], chunk: usize) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    for (i, part) in tokens.chunks(chunk).enumerate() {
+        let logits = chunk_logits(&x.narrow(0, i * chunk, part.len())?, head)?;
+        let p = candle_nn::ops::softmax_last_dim(&logits)?;
+        drop(logits);
+        let ids = Tensor::from_vec(part.to_vec(), (part.len(), 1), x.device())?;
+        let minus_one = Tensor::full(-1f32, (part.len(), 1), x.device())?;
+        let p = p.scatter_add(&ids, &minus_one, 1)?;
+        parts.push(times_head(&p, head)?);
+    }
+    Tensor::cat(&parts, 0)
 }
 
 #[cfg(test)]
@@ -219,5 +291,70 @@ mod tests {
                 .unwrap(),
             0.0
         );
+    }
+
+    /// The chunked loss gives the values and input gradients of a plain cross-entropy over the
+    /// whole vocabulary, with the head in f32 or stored in bf16, and the head gets no gradient.
+    #[test]
+    fn chunked_lm_loss_matches_plain_cross_entropy() {
+        use candle_core::Var;
+        let dev = Device::Cpu;
+        let hidden = Var::randn(0f32, 1.0, (2, 5, 8), &dev).unwrap();
+        let head = Tensor::randn(0f32, 1.0, (50, 8), &dev).unwrap();
+        let targets = [(0, 1, 3u32), (0, 2, 49), (1, 0, 0), (1, 3, 17), (1, 4, 3)];
+        let plain = |head: &Tensor| {
+            let flat = hidden.as_tensor().reshape((10, 8)).unwrap();
+            let rows: Vec<u32> = targets
+                .iter()
+                .map(|&(b, s, _)| (b * 5 + s) as u32)
+                .collect();
+            let rows = Tensor::new(rows.as_slice(), &dev).unwrap();
+            let ids: Vec<u32> = targets.iter().map(|t| t.2).collect();
+            let ids = Tensor::new(ids.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(1)
+                .unwrap();
+            let logits = flat
+                .index_select(&rows, 0)
+                .unwrap()
+                .matmul(&head.t().unwrap())
+                .unwrap();
+            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+            (lp.gather(&ids, 1)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .neg()
+                .unwrap()
+                / 4.0)
+                .unwrap()
+        };
+        for (head, tol) in [
+            (head.clone(), 1e-5f32),
+            (head.to_dtype(DType::BF16).unwrap(), 1e-5),
+        ] {
+            let wide = head.to_dtype(DType::F32).unwrap();
+            let want = plain(&wide);
+            let want_grad = want.backward().unwrap();
+            for chunk in [1, 2, 5, 64] {
+                let got = lm_loss(hidden.as_tensor(), &head, &targets, chunk, 4.0).unwrap();
+                let d = (got.to_scalar::<f32>().unwrap() - want.to_scalar::<f32>().unwrap()).abs();
+                assert!(d < tol, "chunk {chunk}: loss off by {d}");
+                let g = got.backward().unwrap();
+                assert!(g.get(&head).is_none(), "the head is frozen");
+                let diff = (g.get(hidden.as_tensor()).unwrap()
+                    - want_grad.get(hidden.as_tensor()).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+                assert!(diff < tol, "chunk {chunk}: gradient off by {diff}");
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`devices`]: `--devices`, and summing the replicas' gradients;
 //! - [`optim`]: AdamW with parameter groups, schedule, clipping, accumulation;
 //! - [`trainer`]: the loop, its events and controls, checkpoints;
+//! - [`memory`]: whether a step fits, known before it runs;
 //! - [`heap`]: the allocator kept from unmapping and remapping a step's large buffers.
 
 pub mod data;
@@ -17,6 +18,7 @@ pub mod heads;
 pub mod heap;
 pub mod lora;
 pub mod losses;
+pub mod memory;
 pub mod optim;
 pub mod replica;
 pub mod trainer;

@@ -14,6 +14,7 @@ use super::heads::{constant_init, run_heads, HeadsConfig, MatchHead, RoiHead, Ta
 use super::lora::{self, LoraConfig, LoraSet};
 use super::losses::{self, FocalConfig, RoiLossConfig};
 use crate::model::dropout::{Dropout, DropoutPlan};
+use crate::model::grad::GradSink;
 use crate::model::ops::Exec;
 use crate::model::qwen3_vl::Qwen3Vl;
 use crate::model::random::SplitMix;
@@ -48,6 +49,20 @@ pub struct ShardResult {
     /// Gradients of the trainable parameters by name.
     pub grads: HashMap<String, Tensor>,
     pub tokens: usize,
+    /// The forward pass's outputs, outside the graph (the parity proof compares them).
+    pub outputs: PassOutputs,
+}
+
+/// What the forward pass computed on the way to the losses.
+pub struct PassOutputs {
+    /// `(batch, seq, hidden)` final hidden states, f32.
+    pub hidden: Tensor,
+    /// `(batch, 4)` ROI boxes and `(batch)` match logits.
+    pub boxes: Tensor,
+    pub logits: Tensor,
+    /// `(3)` weighted terms and the total.
+    pub terms: Tensor,
+    pub total: Tensor,
 }
 
 /// What the heads say about one (image, text) pair.
@@ -56,6 +71,13 @@ pub struct Prediction {
     /// `x1, y1, x2, y2`, image-relative.
     pub roi: [f32; 4],
     pub match_probability: f32,
+}
+
+/// The heads a replica is made with.
+struct Heads {
+    roi: RoiHead,
+    matcher: MatchHead,
+    task: TaskWeights,
 }
 
 pub struct Replica {
@@ -67,6 +89,9 @@ pub struct Replica {
     matcher: MatchHead,
     pub task: TaskWeights,
     dropout: Arc<Dropout>,
+    /// Where the adapters inside recomputed layers leave their gradients (activation recompute
+    /// on), else `None`.
+    recompute: Option<Arc<GradSink>>,
     /// `(pad, image_pad)` token ids.
     special: (u32, u32),
 }
@@ -118,39 +143,86 @@ pub fn sorted_vars(vars: &VarMap) -> NamedVars {
 
 impl Replica {
     /// Attaches fresh adapters (from `lora_seed`) and heads (from `heads_seed`) to `model`:
-    /// replicas built with the same seeds are identical.
+    /// replicas built with the same seeds are identical. `recompute`: activation recompute per
+    /// decoder layer in training.
     pub fn new(
         mut model: Qwen3Vl,
         lora_config: &LoraConfig,
         seeds: (u64, u64),
         special: (u32, u32),
+        recompute: bool,
     ) -> anyhow::Result<Self> {
         let device = model.device().clone();
         let lora = lora::attach(&mut model, lora_config, seeds.0, &device)?;
-        let dropout = Arc::new(Dropout::default());
-        lora::set_dropout(&mut model, Some(dropout.clone()));
         let heads_vars = VarMap::new();
         let vb = VarBuilder::from_varmap(&heads_vars, DType::F32, &device);
         let hidden = model.config().text.hidden_size;
         let heads_config = HeadsConfig::default();
-        let roi = RoiHead::load(vb.pp("roi"), hidden, &heads_config)?;
-        let matcher = MatchHead::load(vb.pp("match"), hidden, &heads_config)?;
-        let task = TaskWeights::load(vb.pp("task"))?;
+        let heads = Heads {
+            roi: RoiHead::load(vb.pp("roi"), hidden, &heads_config)?,
+            matcher: MatchHead::load(vb.pp("match"), hidden, &heads_config)?,
+            task: TaskWeights::load(vb.pp("task"))?,
+        };
         seed_heads(&heads_vars, seeds.1)?;
-        Ok(Replica {
+        Ok(Self::assemble(
+            model, lora, heads_vars, heads, special, recompute,
+        ))
+    }
+
+    /// A replica from a model with `lora` attached and heads made from `heads_vars` (the
+    /// parity proof loads both from files).
+    pub fn from_parts(
+        model: Qwen3Vl,
+        lora: LoraSet,
+        heads_vars: VarMap,
+        config: &HeadsConfig,
+        special: (u32, u32),
+        recompute: bool,
+    ) -> anyhow::Result<Self> {
+        let vb = VarBuilder::from_varmap(&heads_vars, DType::F32, model.device());
+        let hidden = model.config().text.hidden_size;
+        let heads = Heads {
+            roi: RoiHead::load(vb.pp("roi"), hidden, config)?,
+            matcher: MatchHead::load(vb.pp("match"), hidden, config)?,
+            task: TaskWeights::load(vb.pp("task"))?,
+        };
+        Ok(Self::assemble(
+            model, lora, heads_vars, heads, special, recompute,
+        ))
+    }
+
+    fn assemble(
+        mut model: Qwen3Vl,
+        lora: LoraSet,
+        heads_vars: VarMap,
+        heads: Heads,
+        special: (u32, u32),
+        recompute: bool,
+    ) -> Self {
+        let dropout = Arc::new(Dropout::default());
+        lora::set_dropout(&mut model, Some(dropout.clone()));
+        let recompute = recompute.then(|| Arc::new(GradSink::default()));
+        model.set_recompute(recompute.clone());
+        Replica {
             model,
             lora,
             heads_vars,
-            roi,
-            matcher,
-            task,
+            roi: heads.roi,
+            matcher: heads.matcher,
+            task: heads.task,
             dropout,
+            recompute,
             special,
-        })
+        }
     }
 
     pub fn device(&self) -> &Device {
         self.model.device()
+    }
+
+    /// Whether this replica recomputes activations in backward.
+    pub fn recomputes(&self) -> bool {
+        self.recompute.is_some()
     }
 
     /// The trainable parameters: (adapters, heads and task weights), each sorted by name.
@@ -178,10 +250,50 @@ impl Replica {
                 .map(|s| s.image.grid_thw.iter().map(|&d| d as usize).product())
                 .collect(),
         };
+        if let Some(sink) = &self.recompute {
+            sink.clear();
+        }
+        // Dropout stays on until the backward pass is over: recomputed layers draw their masks
+        // again.
         self.dropout.begin(plan.clone());
-        let out = self.model.forward(&batch.input, Exec::Differentiable);
+        let result = self.losses_and_gradients(&batch, &plan, shard, settings);
         self.dropout.end();
-        let hidden = out?.hidden.to_dtype(DType::F32)?;
+        let (values, outputs, grads) = result?;
+        let (adapters, heads) = self.trainable();
+        let mut named = HashMap::new();
+        for (name, var) in adapters.iter().chain(&heads) {
+            let outer = grads.get(var.as_tensor()).cloned();
+            let inner = self
+                .recompute
+                .as_ref()
+                .and_then(|sink| sink.take(var.as_tensor()));
+            let g = match (outer, inner) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or(b),
+            };
+            if let Some(g) = g {
+                named.insert(name.clone(), g);
+            }
+        }
+        Ok(ShardResult {
+            losses: values,
+            grads: named,
+            tokens: batch.tokens,
+            outputs,
+        })
+    }
+
+    /// The forward pass, the three losses combined with the task weights, and the backward pass:
+    /// the raw losses and the gradients.
+    fn losses_and_gradients(
+        &self,
+        batch: &data::Batch,
+        plan: &DropoutPlan,
+        shard: &Shard,
+        settings: LossSettings,
+    ) -> anyhow::Result<([f64; 3], PassOutputs, candle_core::backprop::GradStore)> {
+        let out = self.model.forward(&batch.input, Exec::Differentiable)?;
+        let hidden = out.hidden.to_dtype(DType::F32)?;
         let embeds = self.model.token_embeddings(&batch.input)?;
         let counts = shard.counts;
         let (boxes, logits, place) = run_heads(
@@ -189,8 +301,8 @@ impl Replica {
             &self.matcher,
             &hidden,
             &embeds,
-            &batch,
-            Some(&plan),
+            batch,
+            Some(plan),
         )?;
         let l_roi = losses::roi_loss(
             &boxes,
@@ -210,27 +322,27 @@ impl Replica {
                 )? * settings.place_weight)?)?;
         let l_lm = losses::lm_loss(
             &hidden,
-            &self.model.lm_head().to_dtype(DType::F32)?,
+            self.model.lm_head(),
             &batch.lm_targets,
             settings.lm_chunk,
             counts.lm_targets,
         )?;
         let stacked = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0)?;
-        let (total, _) = self.task.combine(&stacked, shard.share)?;
+        let (total, terms) = self.task.combine(&stacked, shard.share)?;
         let values: Vec<f32> = stacked.to_vec1()?;
         let grads = total.backward()?;
-        let (adapters, heads) = self.trainable();
-        let mut named = HashMap::new();
-        for (name, var) in adapters.iter().chain(&heads) {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                named.insert(name.clone(), g.clone());
-            }
-        }
-        Ok(ShardResult {
-            losses: [values[0], values[1], values[2]].map(f64::from),
-            grads: named,
-            tokens: batch.tokens,
-        })
+        let outputs = PassOutputs {
+            hidden: hidden.detach(),
+            boxes: boxes.detach(),
+            logits: logits.detach(),
+            terms: terms.detach(),
+            total: total.detach(),
+        };
+        Ok((
+            [values[0], values[1], values[2]].map(f64::from),
+            outputs,
+            grads,
+        ))
     }
 
     /// The heads' outputs for `samples` without dropout or gradients (evaluation): per sample

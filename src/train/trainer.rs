@@ -25,6 +25,7 @@ use super::data::{self, Counts, Example, NegativeConfig};
 use super::devices::{self, DeviceSpec};
 use super::lora::LoraConfig;
 use super::losses::{FocalConfig, RoiLossConfig};
+use super::memory;
 use super::optim::{cosine_with_warmup, Accumulated, AdamW, Group};
 use super::replica::{LossSettings, Prediction, Replica, Shard, ShardResult};
 use crate::model::folder::ModelFolder;
@@ -68,7 +69,50 @@ pub struct TrainConfig {
     pub lm_chunk: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
+    /// The dtype the frozen base weights are kept in: `bf16` (half the memory; on the CPU they
+    /// are widened to f32 one matrix at a time for their product), `f32`, or `auto`: bf16 on a
+    /// GPU, f32 on the CPU. Adapters, heads and losses are f32 whatever this says.
+    pub base_dtype: BaseDtype,
+    /// Activation recompute per decoder layer: only each layer's input is kept through the
+    /// forward pass and the layer is computed again in backward (about a third more compute,
+    /// a fraction of the memory). Unset: on for models of 1B parameters or more.
+    pub recompute: Option<bool>,
 }
+
+/// See [`TrainConfig::base_dtype`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    #[default]
+    Auto,
+    Bf16,
+    F32,
+}
+
+impl BaseDtype {
+    /// The dtype on `device`.
+    pub fn resolve(self, device: &Device) -> candle_core::DType {
+        match self {
+            BaseDtype::Bf16 => candle_core::DType::BF16,
+            BaseDtype::F32 => candle_core::DType::F32,
+            BaseDtype::Auto if device.is_cuda() => candle_core::DType::BF16,
+            BaseDtype::Auto => candle_core::DType::F32,
+        }
+    }
+
+    pub const ALL: [BaseDtype; 3] = [BaseDtype::Auto, BaseDtype::Bf16, BaseDtype::F32];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BaseDtype::Auto => "auto",
+            BaseDtype::Bf16 => "bf16",
+            BaseDtype::F32 => "f32",
+        }
+    }
+}
+
+/// Base models of this many parameters or more recompute activations unless told otherwise.
+const RECOMPUTE_FROM_PARAMETERS: usize = 1_000_000_000;
 
 impl Default for TrainConfig {
     fn default() -> Self {
@@ -99,8 +143,10 @@ impl Default for TrainConfig {
             roi_smooth_l1_beta: roi.beta,
             roi_l1_weight: roi.l1_weight,
             roi_giou_weight: roi.giou_weight,
-            lm_chunk: 256,
+            lm_chunk: 128,
             checkpoint_every: 0,
+            base_dtype: BaseDtype::Auto,
+            recompute: None,
         }
     }
 }
@@ -250,23 +296,20 @@ struct Position {
 }
 
 /// What a run is made from: the devices of `devices` (e.g. `cpu`, `cuda:0,1`), the project's
-/// train split and the model folder loaded on the first device (bf16 base weights on a GPU, f32
-/// on the CPU, DESIGN 4; adapters, heads and losses are f32). The command line and the workbench
-/// both start runs from it.
+/// train split and the model folder loaded on the first device with its base weights in
+/// `base_dtype` (adapters, heads and losses are f32, DESIGN 4). The command line and the
+/// workbench both start runs from it.
 pub fn load_inputs(
     project: &Path,
     model: &Path,
     devices: &str,
+    base_dtype: BaseDtype,
 ) -> anyhow::Result<(Vec<DeviceSpec>, Vec<Example>, ModelFolder)> {
     let devices = devices::parse(devices)?;
     let first = devices[0].open()?;
     let project = crate::data::store::Project::open(project)?;
     let examples = data::load_examples(&project, crate::data::store::Split::Train)?;
-    let dtype = if first.is_cuda() {
-        candle_core::DType::BF16
-    } else {
-        candle_core::DType::F32
-    };
+    let dtype = base_dtype.resolve(&first);
     let folder = ModelFolder::open(model, dtype, &first)
         .with_context(|| format!("cannot load the model folder {}", model.display()))?;
     Ok((devices, examples, folder))
@@ -330,12 +373,15 @@ impl Trainer {
             models.push(if device.same_device(model.device()) {
                 model.clone()
             } else {
-                ModelFolder::open(&dir, model.dtype(), &device)
+                ModelFolder::open(&dir, model.storage_dtype(), &device)
                     .with_context(|| format!("loading the replica on {spec}"))?
                     .model
             });
         }
         models.insert(0, model);
+        let recompute = config
+            .recompute
+            .unwrap_or_else(|| models[0].parameter_count() >= RECOMPUTE_FROM_PARAMETERS);
         let mut rng = SplitMix::new(config.seed);
         let seeds = (rng.next_u64(), rng.next_u64());
         let special = tokenizer.special();
@@ -347,6 +393,7 @@ impl Trainer {
                     &config.lora(),
                     seeds,
                     (special.endoftext, special.image_pad),
+                    recompute,
                 )
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -690,6 +737,9 @@ impl Trainer {
                 .collect();
         let share = 1.0 / ranges.len() as f64;
         let settings = self.config.losses();
+        if let Some(first) = ranges.first() {
+            self.check_fits(&samples[first.clone()])?;
+        }
         let shards: Vec<Shard> = ranges
             .iter()
             .map(|r| Shard {
@@ -746,6 +796,58 @@ impl Trainer {
         acc.add_named(devices::reduce(grads, self.replicas[0].device())?)?;
         let negatives = samples.iter().filter(|s| s.negative).count();
         Ok((raw, tokens, negatives))
+    }
+
+    /// Refuses a batch part that the first replica's device has no room for (the estimate of
+    /// `memory::step_bytes` against its free memory), naming the settings that change it, before
+    /// anything of it runs: a run that cannot fit stops with a message instead of being killed.
+    fn check_fits(&self, part: &[data::Sample]) -> anyhow::Result<()> {
+        let replica = &self.replicas[0];
+        let Some(free) = memory::available_bytes(replica.device()) else {
+            return Ok(());
+        };
+        let patches = |s: &data::Sample| s.image.grid_thw.iter().map(|&d| d as usize).product();
+        let shape = memory::StepShape {
+            samples: part.len(),
+            tokens: part.iter().map(|s| s.ids.len()).max().unwrap_or(0),
+            patches: part.iter().map(patches).sum(),
+            largest_image: part.iter().map(patches).max().unwrap_or(0),
+        };
+        let model = &replica.model;
+        let settings = memory::StepSettings {
+            recompute: replica.recomputes(),
+            activation_bytes: model.dtype().size_in_bytes(),
+            lm_chunk: self.config.lm_chunk,
+            lm_rows: part
+                .iter()
+                .filter(|s| !s.negative)
+                .map(|s| s.answer.len())
+                .sum(),
+            trainable_parameters: self.trainable_parameters(),
+            vision_trains: replica
+                .lora
+                .modules
+                .iter()
+                .any(|m| m.starts_with("model.visual.")),
+        };
+        let need = memory::step_bytes(model.config(), shape, settings);
+        ensure!(
+            need <= free,
+            "this batch needs about {} for its step but only {} is free ({} samples of up to {}              tokens, {} image patches on {}). Lower batch_size (now {}), use smaller images, set              recompute = true{} in the training settings, or free memory.",
+            memory::gib(need),
+            memory::gib(free),
+            shape.samples,
+            shape.tokens,
+            shape.patches,
+            self.devices[0],
+            self.config.batch_size,
+            if model.storage_dtype() == candle_core::DType::F32 {
+                " or base_dtype = \"bf16\""
+            } else {
+                ""
+            }
+        );
+        Ok(())
     }
 
     /// Writes `checkpoint-<step>/` atomically: the adapter in peft's layout, the heads and task
