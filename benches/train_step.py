@@ -361,6 +361,9 @@ def run_roiscope(exe, project, model, work, threads, a, tag=""):
     intervals = [b - c for b, c in zip(times[1:], times[:-1])]
     kept = intervals[max(0, a.warmup - 1):]
     started = next(e for e in events if e["event"] == "started")
+    if not kept:
+        # One step (the 2B): from the start of the loop to the first step's end.
+        kept = [times[0] - started["time"]]
     last = steps[-1]
     res = {"step": statistics.median(kept), "intervals": [round(x, 4) for x in intervals],
            "rss": rss, "wall": wall, "foreign": foreign or 0.0,

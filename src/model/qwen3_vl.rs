@@ -304,9 +304,16 @@ impl Qwen3Vl {
         let mut deepstack = Vec::new();
         match &input.pixel_values {
             Some(pixels) => {
+                // A tower without adapters keeps no graph: its fused kernels give the same values
+                // faster, in training too.
+                let vision_exec = if self.vision.has_adapters() {
+                    exec
+                } else {
+                    Exec::Fused
+                };
                 let vis = self
                     .vision
-                    .forward(pixels, &input.image_grid_thw, exec)
+                    .forward(pixels, &input.image_grid_thw, vision_exec)
                     .context("vision tower")?;
                 let features = vis.embeds.dim(0)?;
                 ensure!(

@@ -266,6 +266,14 @@ impl VisionTower {
         self.pos_embed.device()
     }
 
+    /// Whether LoRA sits anywhere in the tower (else nothing in it trains).
+    pub fn has_adapters(&self) -> bool {
+        self.blocks.iter().any(|b| !b.adapter_tensors().is_empty())
+            || std::iter::once(&self.merger)
+                .chain(&self.deepstack)
+                .any(|m| m.fc1.lora.is_some() || m.fc2.lora.is_some())
+    }
+
     /// See [`Self::recompute`].
     pub fn set_recompute(&mut self, sink: Option<Arc<GradSink>>) {
         self.recompute = sink;
