@@ -59,7 +59,7 @@ impl InputError {
             None => text,
         };
         let line = e.line() + line_offset;
-        if message.starts_with("expected value") {
+        if message.starts_with("expected value") || message.starts_with("invalid number") {
             if let Some(word) = non_json_number(path, line, e.column()) {
                 message = format!(
                     "{word} is not a JSON value (Python's json.dump writes it for a float that \
