@@ -338,3 +338,18 @@ fn llamafactory_tokenizes_the_export_as_roiscope_does() {
     }
     assert!(dicom_seen, "the DICOM record is among the cases");
 }
+
+#[test]
+fn seed_json_still_exports_when_the_data_root_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, project) = project(tmp.path());
+    std::fs::rename(&root, tmp.path().join("moved")).unwrap();
+    let out = tmp.path().join("seed.json");
+    let stderr = export(&project, &out, &["--format", "seed-json"]);
+    assert!(
+        stderr.contains("input images could not be opened"),
+        "{stderr}"
+    );
+    let n0 = roi_images(1).remove(0);
+    assert_eq!(read(&out)[0]["images"][0], format!("img/{n0}"));
+}

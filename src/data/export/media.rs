@@ -65,13 +65,19 @@ impl Media {
         folder: Option<PathBuf>,
         choice: ImageChoice,
     ) -> anyhow::Result<Media> {
-        let media_dir = media_dir.canonicalize().with_context(|| {
-            format!(
-                "media folder {} cannot be opened (it must exist)",
-                media_dir.display()
-            )
-        })?;
-        if !media_dir.is_dir() {
+        // The data root (canonical already) may be gone by now: its images are then exported
+        // by their paths, and counted as unreadable.
+        let media_dir = if media_dir == project.data_root() {
+            media_dir.to_path_buf()
+        } else {
+            media_dir.canonicalize().with_context(|| {
+                format!(
+                    "media folder {} cannot be opened (it must exist)",
+                    media_dir.display()
+                )
+            })?
+        };
+        if media_dir != project.data_root() && !media_dir.is_dir() {
             bail!("media folder {} is not a folder", media_dir.display());
         }
         let project_dir = project
