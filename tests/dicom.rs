@@ -271,3 +271,54 @@ fn decoded_dicom_goes_through_roi_detection() {
         assert_eq!((seed.width, seed.height), img.dimensions(), "{name}");
     }
 }
+
+/// pydicom's `UN_sequence.dcm` (674 bytes): a private UN element of undefined length whose items
+/// are implicit VR. dicom-object alone took an item tag for a 3.7 GB length and reserved it;
+/// the walk before it cuts the element out, so the file is read and named for what it is.
+#[test]
+fn an_undefined_length_un_sequence_is_cut_out_not_allocated() {
+    use roiscope::data::dicom_scan::scan;
+    let data = bytes("UN_sequence.dcm");
+    let s = scan(&data, false).unwrap();
+    assert_eq!(s.cut.len(), 1);
+    assert_eq!(s.cut[0].end, data.len(), "the UN element runs to the end");
+    let msg = decode(&data).expect_err("no image").to_string();
+    assert!(msg.contains("no image in this DICOM file"), "{msg}");
+    assert!(read_info(&data).is_err());
+    // A length past the end is refused by the walk, whatever the element.
+    let mut bad = bytes("MR_small.dcm");
+    let pos = bad
+        .windows(4)
+        .position(|w| w == [0x08, 0x00, 0x20, 0x00]) // (0008,0020) Study Date, DA
+        .expect("study date");
+    bad[pos + 6..pos + 8].copy_from_slice(&[0xFF, 0xFF]);
+    let msg = decode(&bad).expect_err("damaged").to_string();
+    assert!(msg.contains("(0008,0020) claims 65535 bytes"), "{msg}");
+}
+
+/// Truncated RLE data made dicom-pixeldata's RLE decoder panic (an index out of range); the
+/// panic is caught, and its message and backtrace never reach the terminal.
+#[test]
+fn a_panicking_decoder_prints_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = bytes("MR_small_RLE.dcm");
+    let mut cuts = Vec::new();
+    for cut in [full.len() / 2, full.len() - 100, full.len() - 30] {
+        let path = tmp.path().join(format!("cut{cut}.dcm"));
+        std::fs::write(&path, &full[..cut]).unwrap();
+        cuts.push(path);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_roiscope"))
+        .arg("detect-roi")
+        .args(&cuts)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), cuts.len());
+    for line in stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{line}");
+    }
+}

@@ -72,9 +72,10 @@ fn the_report_names_every_skip_reason_and_a_rerun_redoes_nothing() {
         ("duplicate", 1),
         ("missing field", 2),
         ("no diagnosis field", 1),
-        ("path outside the data root", 3),
+        // The link inside the root is followed (to a file that is not an image).
+        ("path outside the data root", 2),
         ("missing image", 1),
-        ("unreadable image", 1),
+        ("unreadable image", 2),
         ("invalid roi_coords", 1),
     ] {
         assert_eq!(reason_count(&report, reason), n, "{reason}: {report:#}");

@@ -60,6 +60,8 @@ impl NewProject {
             skip_unboxed: false,
             ratios: SplitRatios::default(),
             max_pixels: DEFAULT_MAX_PIXELS,
+            apply_changes: false,
+            stay_in_root: false,
         };
         let (tx, rx) = channel();
         let ctx = ctx.clone();

@@ -34,6 +34,8 @@ pub fn ensure_sample_project(dir: PathBuf) -> anyhow::Result<PathBuf> {
         skip_unboxed: false,
         ratios: SplitRatios::default(),
         max_pixels: DEFAULT_MAX_PIXELS,
+        apply_changes: false,
+        stay_in_root: false,
     };
     prepare(&opts, &mut |_| {})?;
     Ok(dir)

@@ -1,9 +1,9 @@
-//! `roiscope export`: the project as seed JSON, JSON lines or COCO.
+//! `roiscope export`: the project as seed JSON, LLaMA-Factory JSON, JSON lines or COCO.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::data::export::{export, ExportFormat};
+use crate::data::export::{export, AnswerText, ExportFormat, ExportOptions, ImageChoice};
 use crate::data::store::{Project, Split};
 
 #[derive(clap::Args, Debug)]
@@ -12,7 +12,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     project: PathBuf,
     /// seed-json: the seed's format (roi_coords from the corrected box, else the detected one;
-    /// target_diag); jsonl: everything, re-importable with `prepare`; coco: detection JSON
+    /// target_diag); llamafactory: LLaMA-Factory's sharegpt layout with string contents and a
+    /// dataset_info.json entry beside the file; jsonl: everything, re-importable with
+    /// `prepare`; coco: detection JSON
     #[arg(long, value_enum)]
     format: ExportFormat,
     /// Only this split
@@ -21,11 +23,33 @@ pub struct Args {
     /// Output file (`-` for standard output); written atomically
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    /// seed-json, llamafactory: write image paths relative to this folder (give the same folder
+    /// to the tool: LLaMA-Factory's `media_dir`). Default: the data root for seed-json, the
+    /// export's folder for llamafactory (LLaMA-Factory's default media_dir)
+    #[arg(long, value_name = "DIR")]
+    media_dir: Option<PathBuf>,
+    /// seed-json, llamafactory: the input images (DICOM rendered to PNG beside the export, in
+    /// `<stem>-media/`) or the project's marker-free copies (the green outline removed)
+    #[arg(long, value_enum, default_value_t = ImageChoice::Original)]
+    images: ImageChoice,
+    /// llamafactory: the assistant's answer, the diagnosis or the structured fields as JSON text
+    #[arg(long, value_enum, default_value_t = AnswerText::Diagnosis)]
+    answer: AnswerText,
+    /// llamafactory: the dataset's name in dataset_info.json (default: the file's stem)
+    #[arg(long)]
+    name: Option<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let project = Project::open(&args.project)?;
-    let summary = export(&project, args.format, args.split, &args.out)?;
+    let opts = ExportOptions {
+        split: args.split,
+        media_dir: args.media_dir,
+        images: args.images,
+        answer: args.answer,
+        name: args.name,
+    };
+    let summary = export(&project, args.format, &opts, &args.out)?;
     let mut line = format!("exported {} records", summary.records);
     if summary.without_box > 0 {
         line += &format!(
@@ -34,6 +58,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             summary.without_box
         );
     }
+    if !summary.without_question.is_empty() {
+        let ids: Vec<String> = summary
+            .without_question
+            .iter()
+            .take(5)
+            .map(i64::to_string)
+            .collect();
+        line += &format!(
+            "; left out {} without a user question holding one <image> (records {}{})",
+            summary.without_question.len(),
+            ids.join(", "),
+            if summary.without_question.len() > 5 {
+                ", ..."
+            } else {
+                ""
+            }
+        );
+    }
     eprintln!("{line}");
+    let m = &summary.media;
+    if m.rendered + m.copied > 0 {
+        eprintln!(
+            "{} DICOM images rendered and {} marker-free copies placed in {}",
+            m.rendered,
+            m.copied,
+            crate::data::export::media_folder(&args.out).display()
+        );
+    }
+    if let Some(dir) = &summary.media_dir {
+        eprintln!("image paths are relative to {}", dir.display());
+    }
+    if m.unreadable > 0 {
+        eprintln!(
+            "warning: {} input images could not be opened (their paths are exported as they \
+             are); first: {}",
+            m.unreadable,
+            m.first_unreadable.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(name) = &summary.dataset_name {
+        eprintln!(
+            "dataset \"{name}\" entered in {}",
+            args.out.with_file_name("dataset_info.json").display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

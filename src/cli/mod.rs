@@ -37,7 +37,7 @@ enum Command {
     /// Import seed-format records into a project: detect ROIs, remove markers, report
     #[command(long_about = prepare::LONG_ABOUT)]
     Prepare(prepare::Args),
-    /// Export a project as seed JSON, JSON lines or COCO
+    /// Export a project as seed JSON, LLaMA-Factory JSON, JSON lines or COCO
     Export(export::Args),
     /// Inspect or edit a project
     #[command(subcommand)]

@@ -18,8 +18,11 @@ pub const LONG_ABOUT: &str = "Import seed-format records into a project.\n\n\
     splits stratified by modality and organ, and ends with a report of kept and skipped records \
     grouped by reason (also written to PROJECT/prepare-report.json and kept in the project).\n\n\
     Running it again resumes: records already in the project are not redone and nothing is \
-    duplicated. A record given with `roi_coords` keeps that box as a corrected box where it \
-    differs from the detected one.";
+    duplicated; those whose `roi_coords` or `target_diag` in the input differ from the project's \
+    are listed in the report, and `--apply-changes` applies them as edits (in the edit history, \
+    undoable). A record given with `roi_coords` keeps that box as a corrected box where it \
+    differs from the detected one. The input may start with a UTF-8 byte order mark; UTF-16 and \
+    NaN/Infinity (not JSON) are refused with the way to fix them.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -48,6 +51,15 @@ pub struct Args {
     /// Refuse images with more pixels than this, before decoding them
     #[arg(long, value_name = "PIXELS", default_value_t = DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
+    /// Records already in the project whose roi_coords or target_diag differ in the input:
+    /// apply them as edits (corrected box, diagnosis) [default: only report them]
+    #[arg(long)]
+    apply_changes: bool,
+    /// Refuse images whose real location is outside the data root [default: follow symbolic
+    /// links inside the data root wherever they point; paths in records may still not leave it
+    /// with `..` or an absolute path]
+    #[arg(long)]
+    stay_in_root: bool,
     /// No progress bar
     #[arg(long, short = 'q')]
     quiet: bool,
@@ -73,6 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         skip_unboxed: args.skip_unboxed,
         ratios: args.split,
         max_pixels: args.max_pixels,
+        apply_changes: args.apply_changes,
+        stay_in_root: args.stay_in_root,
     };
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -119,6 +133,23 @@ pub fn render(r: &PrepareReport) -> String {
         "  already in project {:>8}\n  skipped            {:>8}\n",
         r.already_in_project, r.skipped
     );
+    if r.changed > 0 {
+        s += &format!(
+            "    of which changed {:>8}  (roi_coords or target_diag differ from the project's; {})\n",
+            r.changed,
+            if r.changes_applied == r.changed {
+                "applied as edits".to_string()
+            } else {
+                "not applied: run again with --apply-changes to apply them as edits".to_string()
+            }
+        );
+        for e in &r.changed_examples {
+            s += &format!(
+                "      record {} (project id {}, {}): {}\n",
+                e.record, e.id, e.image, e.detail
+            );
+        }
+    }
     for g in &r.skipped_by_reason {
         s += &format!("    {:<28} {:>6}\n", g.reason, g.count);
         for e in &g.examples {

@@ -19,10 +19,10 @@
 //!
 //! Rows x Columns is checked against the pixel limit before any pixel data is decoded, and every
 //! failure is an [`ImageLoadError`]; the whole decoder runs under `catch_unwind` because
-//! third-party codecs may panic on corrupt data.
+//! third-party codecs may panic on corrupt data, with the panic hook silenced on that thread
+//! meanwhile, so nothing but the error reaches the terminal.
 
 use std::borrow::Cow;
-use std::panic::AssertUnwindSafe;
 
 use dicom_object::{DefaultDicomObject, OpenFileOptions, Tag};
 use dicom_pixeldata::PixelDecoder;
@@ -69,6 +69,7 @@ const FLOAT_PIXEL_DATA: Tag = Tag(0x7FE0, 0x0008);
 const DOUBLE_FLOAT_PIXEL_DATA: Tag = Tag(0x7FE0, 0x0009);
 
 const TS_RLE: &str = "1.2.840.10008.1.2.5";
+const TS_BIG_ENDIAN: &str = "1.2.840.10008.1.2.2";
 const TS_ENCAPSULATED: &str = "1.2.840.10008.1.2.1.98";
 
 /// Whether `bytes` is a DICOM file: the "DICM" magic after the 128-byte preamble (PS3.10 7.1).
@@ -307,7 +308,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// Runs `f`, turning a panic inside the parser or a codec into a decode error.
 fn guarded<T>(f: impl FnOnce() -> Result<T, ImageLoadError>) -> Result<T, ImageLoadError> {
-    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+    match super::image_io::catch_quietly(f) {
         Ok(result) => result,
         Err(panic) => {
             let msg = super::image_io::panic_message(&*panic)
@@ -322,6 +323,30 @@ fn parse(bytes: &[u8], header_only: bool) -> Result<DefaultDicomObject, ImageLoa
         return Err(corrupt(
             "no \"DICM\" marker after the 128-byte preamble (not a DICOM Part 10 file)",
         ));
+    }
+    // Tags and lengths first: every length bounded by the file's size, undefined-length UN
+    // sequences (which the parser misreads) cut out, implicit VR under an explicit transfer
+    // syntax recognised.
+    let scan = super::dicom_scan::scan(bytes, header_only).map_err(corrupt)?;
+    let cut;
+    let bytes = if scan.cut.is_empty() {
+        bytes
+    } else {
+        cut = super::dicom_scan::without(bytes, &scan.cut);
+        &cut[..]
+    };
+    if scan.implicit_despite_ts {
+        // The meta group keeps the real transfer syntax (the codec); the data set is read as
+        // implicit VR little endian, as pydicom does.
+        let meta = dicom_object::FileMetaTable::from_reader(&bytes[128..])
+            .map_err(|e| corrupt(error_chain(&e)))?;
+        let implicit = dicom_transfer_syntax_registry::entries::IMPLICIT_VR_LITTLE_ENDIAN.erased();
+        let dataset = dicom_object::InMemDicomObject::read_dataset_with_ts(
+            &bytes[scan.dataset_start..],
+            &implicit,
+        )
+        .map_err(|e| corrupt(error_chain(&e)))?;
+        return Ok(dataset.with_exact_meta(meta));
     }
     let mut options =
         OpenFileOptions::new().read_preamble(dicom_object::file::ReadPreamble::Always);
@@ -654,13 +679,23 @@ fn first_frame<'a>(obj: &'a DefaultDicomObject, h: &Header) -> Result<Frame<'a>,
         // dicom-object holds OW values as native u16, so 8-bit samples in an OW element (also
         // from a big-endian file) come back in stored order on the little-endian hosts that
         // roiscope runs on.
-        let data: Cow<'a, [u8]> = match bytes {
+        let mut data: Cow<'a, [u8]> = match bytes {
             Cow::Borrowed(b) => Cow::Borrowed(&b[..len]),
             Cow::Owned(mut v) => {
                 v.truncate(len);
                 Cow::Owned(v)
             }
         };
+        // 32-bit samples in an OW element of a big-endian file: each 16-bit word was swapped
+        // to native order, so a sample's two words are still in stored (big-endian) order.
+        if h.bits_allocated == 32
+            && h.transfer_syntax == TS_BIG_ENDIAN
+            && element.vr().to_string() == "OW"
+        {
+            for word in data.to_mut().chunks_exact_mut(4) {
+                word.rotate_left(2);
+            }
+        }
         return Ok(Frame {
             data,
             codec_rgb: false,
@@ -668,6 +703,9 @@ fn first_frame<'a>(obj: &'a DefaultDicomObject, h: &Header) -> Result<Frame<'a>,
             planar: h.planar,
             packed_bits: h.bits_allocated == 1,
         });
+    }
+    if let Some(frame) = rgb_jpeg_as_stored(element.value().fragments(), h)? {
+        return Ok(frame);
     }
     let decoded = obj.decode_pixel_data_frame(0).map_err(|e| {
         let why = error_chain(&e);
@@ -703,6 +741,130 @@ fn first_frame<'a>(obj: &'a DefaultDicomObject, h: &Header) -> Result<Frame<'a>,
         planar: false,
         packed_bits: false,
     })
+}
+
+/// Baseline and extended JPEG (8 bit) of an RGB image whose stream has neither an Adobe APP14
+/// nor a JFIF APP0 marker: the components are stored as RGB (what the Photometric
+/// Interpretation says; PS3.5 8.2.1, and what pydicom and GDCM do), so they are decoded without
+/// the YCbCr conversion a JPEG decoder applies by default. `None`: not such a frame.
+fn rgb_jpeg_as_stored<'a>(
+    fragments: Option<&[Vec<u8>]>,
+    h: &Header,
+) -> Result<Option<Frame<'a>>, ImageLoadError> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::options::DecoderOptions;
+
+    let jpeg_8bit = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];
+    if h.photometric != "RGB" || h.samples_per_pixel != 3 || h.bits_allocated != 8 {
+        return Ok(None);
+    }
+    if !jpeg_8bit.contains(&h.transfer_syntax.as_str()) {
+        return Ok(None);
+    }
+    let Some(fragments) = fragments.filter(|f| !f.is_empty()) else {
+        return Ok(None);
+    };
+    // One frame: all fragments make its stream; several: the first fragment starts frame 0
+    // (and in practice holds all of it).
+    let stream: Vec<u8> = if h.frames <= 1 {
+        fragments.concat()
+    } else {
+        fragments[0].clone()
+    };
+    if says_colour_transform(&stream) {
+        return Ok(None);
+    }
+    let stream = without_short_adobe(stream);
+    let err = |e: zune_jpeg::errors::DecodeErrors| {
+        corrupt(format!(
+            "cannot decode {} pixel data: {e}",
+            describe_ts(&h.transfer_syntax)
+        ))
+    };
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(&stream[..]), options);
+    decoder.decode_headers().map_err(err)?;
+    let (w, hgt) = decoder.dimensions().unwrap_or((0, 0));
+    if (w as u32, hgt as u32) != (h.columns, h.rows) {
+        return Err(corrupt(format!(
+            "the JPEG stream is {w}x{hgt}, the header says {}x{}",
+            h.columns, h.rows
+        )));
+    }
+    let Some(input) = decoder
+        .input_colorspace()
+        .filter(|c| c.num_components() == 3)
+    else {
+        return Ok(None);
+    };
+    // Output in the input's own colour space: the components as stored, no conversion.
+    decoder.set_options(options.jpeg_set_out_colorspace(input));
+    let data = decoder.decode().map_err(err)?;
+    Ok(Some(Frame {
+        data: Cow::Owned(data),
+        codec_rgb: true,
+        subsampled_422: false,
+        planar: false,
+        packed_bits: false,
+    }))
+}
+
+/// The stream without an Adobe APP14 segment too short to hold its transform flag (dcmtk wrote
+/// such files; pydicom's `SC_rgb_jpeg.dcm`): it says nothing, and zune-jpeg refuses it.
+fn without_short_adobe(stream: Vec<u8>) -> Vec<u8> {
+    let mut i = 2;
+    while i + 4 <= stream.len() && stream[i] == 0xFF {
+        let marker = stream[i + 1];
+        if marker == 0xDA || marker == 0xD9 {
+            break;
+        }
+        let len = usize::from(u16::from_be_bytes([stream[i + 2], stream[i + 3]]));
+        let payload = stream
+            .get(i + 4..(i + 2 + len).min(stream.len()))
+            .unwrap_or(&[]);
+        if marker == 0xEE && payload.starts_with(b"Adobe") && payload.len() < 12 {
+            let mut out = stream[..i].to_vec();
+            out.extend_from_slice(&stream[(i + 2 + len).min(stream.len())..]);
+            return out;
+        }
+        i += 2 + len;
+    }
+    stream
+}
+
+/// Whether a JPEG stream carries an Adobe APP14 or a JFIF APP0 marker segment before its first
+/// scan (either says the components are YCbCr, unless APP14's transform flag is 0).
+fn says_colour_transform(stream: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    while i + 4 <= stream.len() {
+        if stream[i] != 0xFF {
+            return false;
+        }
+        let marker = stream[i + 1];
+        if marker == 0xFF {
+            i += 1; // fill byte
+            continue;
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            return false;
+        }
+        let len = usize::from(u16::from_be_bytes([stream[i + 2], stream[i + 3]]));
+        let payload = stream
+            .get(i + 4..(i + 2 + len).min(stream.len()))
+            .unwrap_or(&[]);
+        if marker == 0xE0 && payload.starts_with(b"JFIF\0") {
+            return true;
+        }
+        if marker == 0xEE && payload.starts_with(b"Adobe") {
+            // Byte 11 of the payload: 0 = no transform (RGB), 1 = YCbCr, 2 = YCCK.
+            return payload.get(11).is_some_and(|&t| t != 0);
+        }
+        i += 2 + len;
+    }
+    false
 }
 
 impl Frame<'_> {

@@ -42,6 +42,32 @@ pub fn expand_inputs(paths: &[PathBuf]) -> Vec<Result<InputFile, ListError>> {
     out
 }
 
+/// What a path is when it is not a regular file (after symbolic links): reading a FIFO or a
+/// device would block or never end, so such entries are skipped with this as the reason.
+pub fn not_regular(meta: &std::fs::Metadata) -> Option<&'static str> {
+    let t = meta.file_type();
+    if t.is_file() {
+        return None;
+    }
+    if t.is_dir() {
+        return Some("a folder");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return Some("a FIFO (named pipe)");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return Some("a device");
+        }
+    }
+    Some("not a regular file")
+}
+
 fn has_image_extension(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
@@ -65,6 +91,13 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Result<InputFile, ListError>>) {
         if p.is_dir() {
             walk(root, &p, out);
         } else if has_image_extension(&p) {
+            if let Some(kind) = std::fs::metadata(&p).ok().as_ref().and_then(not_regular) {
+                out.push(Err(ListError {
+                    path: p,
+                    message: format!("{kind}, not a regular file: skipped"),
+                }));
+                continue;
+            }
             let relative = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
             out.push(Ok(InputFile { path: p, relative }));
         }

@@ -21,6 +21,8 @@ pub enum ImageLoadError {
     Io(#[from] std::io::Error),
     #[error("empty file (0 bytes)")]
     Empty,
+    #[error("{0}, not a regular file")]
+    NotRegular(&'static str),
     #[error("not a JPEG, PNG, BMP or TIFF image nor a DICOM file (unrecognised file contents)")]
     UnknownFormat,
     #[error("unsupported image format {0:?} (expected JPEG, PNG, BMP or TIFF)")]
@@ -80,6 +82,10 @@ impl Default for LoadOptions {
 /// 8 bits, and EXIF orientation is applied (as OpenCV's `imread` does), so box coordinates refer
 /// to the image as it is displayed.
 pub fn load_rgb8(path: &Path, opts: LoadOptions) -> Result<RgbImage, ImageLoadError> {
+    // Opening a FIFO blocks until someone writes to it: look before opening.
+    if let Some(kind) = super::files::not_regular(&std::fs::metadata(path)?) {
+        return Err(ImageLoadError::NotRegular(kind));
+    }
     let mut bytes = Vec::new();
     std::fs::File::open(path)?.read_to_end(&mut bytes)?;
     decode_rgb8(&bytes, opts)
@@ -217,7 +223,7 @@ fn decode_jpeg_libjpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, Imag
     // allocates anything, and handles EXIF orientation the same way for both decoders.
     let (w, h, orientation) = jpeg_header(bytes)?;
     check_size(w, h, opts)?;
-    let decoded = std::panic::catch_unwind(|| -> std::io::Result<Vec<u8>> {
+    let decoded = catch_quietly(|| -> std::io::Result<Vec<u8>> {
         let started = mozjpeg::Decompress::new_mem(bytes)?.rgb()?;
         let mut started = started;
         let pixels: Vec<[u8; 3]> = started.read_scanlines()?;
@@ -233,6 +239,30 @@ fn decode_jpeg_libjpeg(bytes: &[u8], opts: LoadOptions) -> Result<RgbImage, Imag
         }
     };
     Ok(oriented(rgb_image("JPEG", w, h, pixels)?, orientation))
+}
+
+thread_local! {
+    /// How many [`catch_quietly`] calls this thread is inside.
+    static QUIET: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs a third-party decoder, turning a panic into an `Err` without printing it: the panic
+/// hook stays silent on this thread while `f` runs (other threads' panics print as usual), so
+/// a corrupt file gives its error line and no backtrace on the user's terminal.
+pub(crate) fn catch_quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(std::cell::Cell::get) == 0 {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(q.get() + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(q.get() - 1));
+    result
 }
 
 /// The text of a caught panic, when it carries one.

@@ -1,6 +1,7 @@
 //! Records, images and the ROI boxes drawn into them.
 
 pub mod dicom;
+pub mod dicom_scan;
 pub mod export;
 pub mod files;
 pub mod image_io;

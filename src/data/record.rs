@@ -28,6 +28,15 @@ pub enum SkipReason {
     Duplicate { first_index: usize },
     /// The image path is absolute outside the data root or climbs out of it with `..`.
     PathOutsideRoot(String),
+    /// With `--stay-in-root`: the image path passes through a symbolic link (`link`, relative
+    /// to the data root) that points outside the data root (`target`).
+    LinkOutsideRoot {
+        image: String,
+        link: String,
+        target: String,
+    },
+    /// The image path names a FIFO, a device, a socket or a folder (`kind`).
+    NotRegularFile { image: String, kind: &'static str },
     /// The image file does not exist.
     MissingImage(String),
     /// The image exists but cannot be decoded.
@@ -45,7 +54,10 @@ impl SkipReason {
             SkipReason::NotAnObject | SkipReason::MissingField(_) => "missing field",
             SkipReason::NoDiagnosisField(_) => "no diagnosis field",
             SkipReason::Duplicate { .. } => "duplicate",
-            SkipReason::PathOutsideRoot(_) => "path outside the data root",
+            SkipReason::PathOutsideRoot(_) | SkipReason::LinkOutsideRoot { .. } => {
+                "path outside the data root"
+            }
+            SkipReason::NotRegularFile { .. } => "not a regular file",
             SkipReason::MissingImage(_) => "missing image",
             SkipReason::UnreadableImage(_) => "unreadable image",
             SkipReason::NoBoxFound => "no box found",
@@ -63,6 +75,17 @@ impl SkipReason {
                 format!("same content as record {}", first_index + 1)
             }
             SkipReason::PathOutsideRoot(p) => format!("{p} leaves the data root"),
+            SkipReason::LinkOutsideRoot {
+                image,
+                link,
+                target,
+            } => format!(
+                "{image}: {link} is a symbolic link to {target}, outside the data root \
+                 (refused because of --stay-in-root; without it links are followed)"
+            ),
+            SkipReason::NotRegularFile { image, kind } => {
+                format!("{image} is {kind}, not a regular file")
+            }
             SkipReason::MissingImage(p) => format!("{p} does not exist"),
             SkipReason::UnreadableImage(e) => e.clone(),
             SkipReason::NoBoxFound => "no green ROI box in the image".into(),
@@ -90,6 +113,8 @@ pub struct SourceRecord {
     pub answer: Answer,
     /// The diagnosis target: `target_diag` from the file, else the chosen field, else the text.
     pub diagnosis: String,
+    /// Whether the file gave the diagnosis as `target_diag`.
+    pub diagnosis_given: bool,
     /// A normalised box given by the file (`roi_coords`), if any.
     pub given_box: Option<[f64; 4]>,
     /// The `roiscope` block of a JSON-lines export, if any (status, split, boxes by source).
@@ -137,6 +162,7 @@ pub fn parse_source(value: Value, diagnosis_field: &str) -> Result<SourceRecord,
         },
         _ => return Err(SkipReason::MissingField("assistant content")),
     };
+    let diagnosis_given = given_diag.is_some();
     let diagnosis = match (given_diag, &answer) {
         (Some(d), _) => d,
         (None, Answer::Text(t)) => t.clone(),
@@ -151,6 +177,7 @@ pub fn parse_source(value: Value, diagnosis_field: &str) -> Result<SourceRecord,
         image,
         answer,
         diagnosis,
+        diagnosis_given,
         given_box,
         roiscope,
         key,

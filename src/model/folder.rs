@@ -329,6 +329,28 @@ pub fn preprocessor_json() -> Value {
     })
 }
 
+/// The chat template of roiscope's prompt layout (`tokenizer::QwenTokenizer::chat`), for
+/// transformers' `apply_chat_template`: written into model folders as `chat_template.jinja`.
+pub const CHAT_TEMPLATE: &str = include_str!("chat_template.jinja");
+
+/// The `tokenizer_config.json` of a model folder: the Qwen2 tokenizer class over the bundled
+/// `tokenizer.json`, `<|im_end|>` ending a turn, `<|endoftext|>` for padding, no BOS.
+pub fn tokenizer_config_json() -> Value {
+    json!({
+        "tokenizer_class": "Qwen2Tokenizer",
+        "model_max_length": 262144,
+        "bos_token": null,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": null,
+        "add_bos_token": false,
+        "add_prefix_space": false,
+        "errors": "replace",
+        "clean_up_tokenization_spaces": false,
+        "split_special_tokens": false
+    })
+}
+
 /// Writes a randomly initialised model folder of `size` into `out` (which must not exist or be
 /// empty): weights normal with std 0.02 as transformers initialises them, norms 1, biases 0.
 /// The folder appears complete or not at all.
@@ -396,6 +418,9 @@ pub fn init_model(
         let tokenizer = super::tokenizer::bundled_json()?;
         std::fs::write(staging.join("tokenizer.json"), tokenizer)
             .context("cannot write tokenizer.json")?;
+        write_json("tokenizer_config.json", &tokenizer_config_json())?;
+        std::fs::write(staging.join("chat_template.jinja"), CHAT_TEMPLATE)
+            .context("cannot write chat_template.jinja")?;
         if out.exists() {
             std::fs::remove_dir(out)
                 .with_context(|| format!("cannot replace the empty folder {}", out.display()))?;

@@ -169,8 +169,19 @@ impl LoraSet {
         std::fs::rename(&partial, &target)
             .with_context(|| format!("cannot write {}", target.display()))?;
         let c = &self.config;
+        // What peft itself writes for Qwen3-VL: no task type (transformers has no causal-LM
+        // auto class for it) and the class to load, so `AutoPeftModel.from_pretrained` works;
+        // the base model as an absolute path, so it loads from any working folder.
+        let base_model = std::fs::canonicalize(base_model)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string))
+            .unwrap_or_else(|| base_model.to_string());
         let config = json!({
             "peft_type": "LORA",
+            "auto_mapping": {
+                "base_model_class": "Qwen3VLForConditionalGeneration",
+                "parent_library": "transformers.models.qwen3_vl.modeling_qwen3_vl",
+            },
             "base_model_name_or_path": base_model,
             "r": c.r,
             "lora_alpha": c.alpha,

@@ -63,6 +63,8 @@ pub fn synthetic_examples(dir: &Path, count: usize, size: u32, seed: u64) -> Vec
         skip_unboxed: false,
         ratios: SplitRatios([1.0, 0.0, 0.0]),
         max_pixels: 100_000_000,
+        apply_changes: false,
+        stay_in_root: false,
     };
     prepare(&options, &mut |_| {}).unwrap();
     let project = Project::open(&dir.join("project")).unwrap();

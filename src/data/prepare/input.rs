@@ -34,6 +34,15 @@ pub enum InputError {
     },
     #[error("{path}: expected a JSON array of records (or JSON lines), found {found}")]
     NotAnArray { path: PathBuf, found: String },
+    #[error(
+        "{path} is {encoding}, not UTF-8: save it as UTF-8 (for example \
+         `iconv -f {iconv} -t UTF-8 IN > OUT`) and run again"
+    )]
+    Encoding {
+        path: PathBuf,
+        encoding: &'static str,
+        iconv: &'static str,
+    },
 }
 
 impl InputError {
@@ -45,17 +54,37 @@ impl InputError {
             };
         }
         let text = e.to_string();
-        let message = match text.rfind(" at line ") {
+        let mut message = match text.rfind(" at line ") {
             Some(i) => text[..i].to_string(),
             None => text,
         };
+        let line = e.line() + line_offset;
+        if message.starts_with("expected value") || message.starts_with("invalid number") {
+            if let Some(word) = non_json_number(path, line, e.column()) {
+                message = format!(
+                    "{word} is not a JSON value (Python's json.dump writes it for a float that \
+                     is not finite); write null or a finite number instead"
+                );
+            }
+        }
         InputError::Syntax {
             path: path.to_path_buf(),
-            line: e.line() + line_offset,
+            line,
             column: e.column(),
             message,
         }
     }
+}
+
+/// `NaN`, `Infinity` or `-Infinity` where serde_json stopped at `line:column` (1-based), if
+/// that is what stands there: JavaScript and Python write them, JSON has no such values.
+fn non_json_number(path: &Path, line: usize, column: usize) -> Option<&'static str> {
+    let text = open(path).ok()?.lines().nth(line.checked_sub(1)?)?.ok()?;
+    let start = column.saturating_sub(2).min(text.len());
+    let around = text.get(start..)?.trim_start_matches([' ', ':', ',', '[']);
+    ["NaN", "-Infinity", "Infinity"]
+        .into_iter()
+        .find(|w| around.starts_with(w))
 }
 
 /// Decides the layout from the extension (`.jsonl`, `.ndjson`) or else the first character, and
@@ -122,13 +151,38 @@ pub fn for_each_record(
     }
 }
 
+/// Opens the file past a UTF-8 byte order mark (Windows editors write one); UTF-16 and UTF-32
+/// are refused with the way to convert them.
 fn open(path: &Path) -> Result<BufReader<File>, InputError> {
-    File::open(path)
+    let io = |err| InputError::Io {
+        path: path.to_path_buf(),
+        err,
+    };
+    let mut reader = File::open(path)
         .map(|f| BufReader::with_capacity(1 << 20, f))
-        .map_err(|err| InputError::Io {
-            path: path.to_path_buf(),
-            err,
-        })
+        .map_err(io)?;
+    let head = reader.fill_buf().map_err(io)?;
+    let refuse = |encoding, iconv| InputError::Encoding {
+        path: path.to_path_buf(),
+        encoding,
+        iconv,
+    };
+    if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        reader.consume(3);
+    } else if head.starts_with(&[0xFF, 0xFE, 0, 0]) || head.starts_with(&[0, 0, 0xFE, 0xFF]) {
+        return Err(refuse("UTF-32", "UTF-32"));
+    } else if head.starts_with(&[0xFF, 0xFE]) || head.starts_with(&[0xFE, 0xFF]) {
+        return Err(refuse("UTF-16", "UTF-16"));
+    } else if head.len() >= 2 && (head[0] == 0) != (head[1] == 0) {
+        // ASCII text (`[` or `{` first) in UTF-16 without a byte order mark.
+        let le = head[1] == 0;
+        return Err(if le {
+            refuse("UTF-16 (little-endian)", "UTF-16LE")
+        } else {
+            refuse("UTF-16 (big-endian)", "UTF-16BE")
+        });
+    }
+    Ok(reader)
 }
 
 fn detect_format(path: &Path) -> Result<InputFormat, InputError> {
@@ -289,6 +343,45 @@ mod tests {
     }
 
     #[test]
+    fn a_utf8_bom_is_skipped_and_utf16_is_refused_with_the_fix() {
+        for (name, text) in [
+            ("bom.json", "\u{feff}[{\"a\": 1}]"),
+            ("bom.jsonl", "\u{feff}{\"a\": 1}\n"),
+        ] {
+            let (_d, p) = file(name, text);
+            assert_eq!(check(&p).unwrap().1, 1, "{name}");
+            let mut seen = 0;
+            let format = check(&p).unwrap().0;
+            for_each_record(&p, format, |_, v| {
+                assert_eq!(v["a"], 1);
+                seen += 1;
+                true
+            })
+            .unwrap();
+            assert_eq!(seen, 1);
+        }
+        let utf16 = |bom: &[u8], le: bool| -> Vec<u8> {
+            let mut out = bom.to_vec();
+            for u in "[{\"a\": 1}]".encode_utf16() {
+                out.extend(if le { u.to_le_bytes() } else { u.to_be_bytes() });
+            }
+            out
+        };
+        for (bytes, want) in [
+            (utf16(&[0xFF, 0xFE], true), "is UTF-16, not UTF-8"),
+            (utf16(&[0xFE, 0xFF], false), "is UTF-16, not UTF-8"),
+            (utf16(&[], true), "UTF-16 (little-endian)"),
+            (utf16(&[], false), "UTF-16 (big-endian)"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("u16.json");
+            std::fs::write(&p, &bytes).unwrap();
+            let e = check(&p).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("iconv"), "{e}");
+        }
+    }
+
+    #[test]
     fn syntax_errors_name_line_and_column() {
         let (_d, p) = file("bad.json", "[\n  {\"a\": 1},\n  {\"a\": 2,,}\n]");
         let e = check(&p).unwrap_err().to_string();
@@ -301,6 +394,19 @@ mod tests {
 
         let (_d, p) = file("obj.json", "[{\"a\": 1}] trailing");
         assert!(check(&p).unwrap_err().to_string().contains("obj.json:1:12"));
+
+        let (_d, p) = file("nan.json", "[\n {\"roi_coords\": [0.1, NaN, 0.5, 0.6]}\n]");
+        let e = check(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("nan.json:2:") && e.contains("NaN is not a JSON value"),
+            "{e}"
+        );
+        let (_d, p) = file("inf.jsonl", "{\"a\": 1}\n{\"a\": -Infinity}\n");
+        let e = check(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("inf.jsonl:2:") && e.contains("-Infinity is not"),
+            "{e}"
+        );
 
         let (_d, p) = file("str.json", "\"hello\"");
         assert!(check(&p)

@@ -7,6 +7,7 @@
 //! the uncommitted batch; running `prepare` again skips every record already in the project
 //! (by content key) and redoes the rest, so nothing is duplicated.
 
+pub mod changes;
 pub mod input;
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,12 +16,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::dicom::is_dicom;
-use super::files::{save_png_atomic, write_atomic};
+use super::files::{not_regular, save_png_atomic, write_atomic};
 use super::image_io::{decode_rgb8, JpegDecoder, LoadOptions};
 use super::marker::remove_outlines;
 use super::record::{parse_source, stratum, Answer, SkipReason, SourceRecord};
@@ -45,6 +46,13 @@ pub struct PrepareOptions {
     pub skip_unboxed: bool,
     pub ratios: SplitRatios,
     pub max_pixels: u64,
+    /// Records already in the project whose `roi_coords` or `target_diag` differ in the input:
+    /// apply them as edits (else they are only reported).
+    pub apply_changes: bool,
+    /// Refuse images whose real location (after symbolic links inside the data root) is
+    /// outside it; by default links are followed (paths in records may still not leave the root
+    /// lexically).
+    pub stay_in_root: bool,
 }
 
 /// Where a run is, for a progress bar.
@@ -69,6 +77,11 @@ pub struct PrepareReport {
     pub kept_without_box: usize,
     /// Records that an earlier run had already prepared.
     pub already_in_project: usize,
+    /// Of those, records whose `roi_coords` or `target_diag` in the input differ from the
+    /// project's, the first few of them, and how many were applied (`apply_changes`).
+    pub changed: usize,
+    pub changed_examples: Vec<changes::ChangeLine>,
+    pub changes_applied: usize,
     pub skipped: usize,
     pub skipped_by_reason: Vec<ReasonGroup>,
     pub splits_assigned: usize,
@@ -109,6 +122,7 @@ enum Job {
         reason: SkipReason,
     },
     Already,
+    Changed(Box<changes::Change>),
     Work {
         index: usize,
         record: Box<SourceRecord>,
@@ -124,6 +138,7 @@ enum Outcome {
         reason: SkipReason,
     },
     Already,
+    Changed(Box<changes::Change>),
     Kept(Box<Prepared>),
     /// A failure of the project itself (the cache cannot be written): the run stops.
     Fatal(anyhow::Error),
@@ -226,6 +241,7 @@ pub fn prepare(
                 reason,
             },
             Job::Already => Outcome::Already,
+            Job::Changed(c) => Outcome::Changed(c),
             Job::Work {
                 index,
                 record,
@@ -249,7 +265,13 @@ pub fn prepare(
                 Outcome::Skip { .. } => state.skipped += 1,
                 Outcome::Kept(_) => state.kept += 1,
                 Outcome::Already => writer.tally.already += 1,
-                Outcome::Fatal(_) => {}
+                Outcome::Changed(_) | Outcome::Fatal(_) => {}
+            }
+            if let Outcome::Changed(c) = outcome {
+                writer.tally.already += 1;
+                writer.tally.changes.push(*c);
+                progress(&state);
+                return;
             }
             if let Outcome::Fatal(e) = outcome {
                 fatal = Some(e);
@@ -282,6 +304,13 @@ pub fn prepare(
     committed?;
     read_result?;
     let splits_assigned = project.assign_splits(opts.ratios)?;
+    let mut changes_applied = 0;
+    if opts.apply_changes {
+        for c in &writer.tally.changes {
+            c.apply(&mut project, &writer.import_who)?;
+            changes_applied += 1;
+        }
+    }
     let report = writer.tally;
     let report = PrepareReport {
         run_id,
@@ -291,6 +320,14 @@ pub fn prepare(
         kept: report.kept,
         kept_without_box: report.kept_without_box,
         already_in_project: report.already,
+        changed: report.changes.len(),
+        changed_examples: report
+            .changes
+            .iter()
+            .take(EXAMPLES_PER_REASON)
+            .map(changes::Change::line)
+            .collect(),
+        changes_applied,
         skipped: report.skipped.values().map(|v| v.0).sum(),
         skipped_by_reason: report.groups(),
         splits_assigned,
@@ -339,12 +376,10 @@ fn classify(
         };
     }
     first_seen.insert(short_key, index);
-    match reader
-        .prepare_cached("SELECT 1 FROM records WHERE key = ?1")
-        .and_then(|mut s| s.query_row([&record.key], |_| Ok(())).optional())
-    {
-        Ok(Some(())) => return Job::Already,
-        Ok(None) => {}
+    match changes::compare(reader, &record, index, SAME_BOX_PX) {
+        Ok(changes::Lookup::Same) => return Job::Already,
+        Ok(changes::Lookup::Changed(c)) => return Job::Changed(c),
+        Ok(changes::Lookup::New) => {}
         // A locked or unreadable database shows up again at commit; treat the record as new.
         Err(_) => {}
     }
@@ -385,9 +420,30 @@ fn process(
         }
         Err(e) => return skip(SkipReason::UnreadableImage(e.to_string())),
     };
-    // A symbolic link may point out of the data root even when the path does not.
-    if !real.starts_with(root) {
-        return skip(SkipReason::PathOutsideRoot(image.clone()));
+    // A symbolic link may point out of the data root even when the path does not: followed
+    // (the user built the layout, e.g. a data folder linked to storage elsewhere) unless
+    // --stay-in-root.
+    if opts.stay_in_root && !real.starts_with(root) {
+        return skip(match escaping_link(root, &image) {
+            Some((link, target)) => SkipReason::LinkOutsideRoot {
+                image: image.clone(),
+                link,
+                target,
+            },
+            None => SkipReason::PathOutsideRoot(image.clone()),
+        });
+    }
+    // Reading a FIFO or a device would block or never end.
+    match std::fs::metadata(&real) {
+        Ok(meta) => {
+            if let Some(kind) = not_regular(&meta) {
+                return skip(SkipReason::NotRegularFile {
+                    image: image.clone(),
+                    kind,
+                });
+            }
+        }
+        Err(e) => return skip(SkipReason::UnreadableImage(e.to_string())),
     }
     let bytes = match std::fs::read(&real) {
         Ok(b) => b,
@@ -436,6 +492,26 @@ fn process(
         detected,
         cache_image,
     }))
+}
+
+/// The first symbolic link on `image`'s path (relative to `root`) whose target lies outside
+/// `root`: the link relative to the root and its real target.
+fn escaping_link(root: &Path, image: &str) -> Option<(String, String)> {
+    let mut rel = PathBuf::new();
+    for part in Path::new(image).components() {
+        rel.push(part);
+        let path = root.join(&rel);
+        if path.symlink_metadata().ok()?.file_type().is_symlink() {
+            let target = path.canonicalize().ok()?;
+            if !target.starts_with(root) {
+                return Some((
+                    rel.to_string_lossy().into_owned(),
+                    target.display().to_string(),
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The marker-free copy of an image, relative to the project: named by a hash of the image's
@@ -487,6 +563,8 @@ struct Tally {
     kept: usize,
     kept_without_box: usize,
     already: usize,
+    /// Records already in the project that the input changes.
+    changes: Vec<changes::Change>,
     /// reason -> (count, first examples)
     skipped: BTreeMap<&'static str, (usize, Vec<SkipLine>)>,
 }
@@ -549,7 +627,7 @@ impl BatchWriter {
                         });
                     }
                 }
-                Outcome::Already | Outcome::Fatal(_) => {}
+                Outcome::Already | Outcome::Changed(_) | Outcome::Fatal(_) => {}
                 Outcome::Kept(p) => {
                     if insert_record(&tx, &p, who, import_who)? {
                         tally.kept += 1;
