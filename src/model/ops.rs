@@ -208,6 +208,9 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
+    /// The weight in an inference format (`super::quantized`, set at load); `weight` is then only
+    /// a placeholder of its shape.
+    pub packed: Option<std::sync::Arc<super::quantized::PackedLinear>>,
 }
 
 impl Linear {
@@ -222,6 +225,7 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            packed: None,
         })
     }
 
@@ -234,7 +238,10 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = matmul_last(x, &self.weight)?;
+        let mut y = match &self.packed {
+            Some(packed) => packed.forward(x)?,
+            None => matmul_last(x, &self.weight)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }

@@ -53,6 +53,26 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps the first `len` cached tokens. For tokens cached after the prompt (their positions
+    /// advance by one each), so `next_position` moves back by as many as are dropped.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        let dropped = self.len().saturating_sub(len);
+        if dropped == 0 {
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, len)?;
+            *v = v.narrow(2, 0, len)?;
+        }
+        if let Some(p) = &mut self.padding {
+            *p = p.narrow(1, 0, len)?;
+        }
+        for p in &mut self.next_position {
+            *p -= dropped as i64;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -124,7 +144,14 @@ impl TextModel {
         let (b, s) = ids.dims2()?;
         self.embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, s, self.config.hidden_size))
+            .reshape((b, s, self.config.hidden_size))?
+            // Packed inference weights keep the table in bf16 and compute in f32.
+            .to_dtype(self.dtype())
+    }
+
+    /// The dtype the layers compute in.
+    pub fn dtype(&self) -> DType {
+        self.norm.dtype()
     }
 
     /// Runs the layers over `embeds` (`(batch, seq, hidden)`) and returns the final-norm hidden
