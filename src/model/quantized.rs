@@ -679,16 +679,8 @@ mod tests {
     use candle_core::Module;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        let d = (a - b).and_then(|d| d.abs()).and_then(|d| d.max_all());
+        d.and_then(|d| d.to_scalar()).unwrap()
     }
 
     /// The bf16 kernel equals widening the weight and multiplying in f32, for one row, a few
