@@ -92,8 +92,8 @@ impl WeightFormat {
     /// This format, or the next one that fits an input dimension of `inp`.
     fn fitting(self, inp: usize) -> WeightFormat {
         match self {
-            WeightFormat::Q4K if inp % 256 != 0 => WeightFormat::Q8_0.fitting(inp),
-            WeightFormat::Q8_0 if inp % 32 != 0 => WeightFormat::Bf16,
+            WeightFormat::Q4K if !inp.is_multiple_of(256) => WeightFormat::Q8_0.fitting(inp),
+            WeightFormat::Q8_0 if !inp.is_multiple_of(32) => WeightFormat::Bf16,
             other => other,
         }
     }
