@@ -7,6 +7,8 @@
     python3 benches/qwen3vl.py --2b --new-tokens 8               # decode speed too
     python3 benches/qwen3vl.py --2b --new-tokens 8 --roiscope-dtype f32 --sides roiscope
     python3 benches/qwen3vl.py --2b --new-tokens 8 --transformers-dtype f32 --sides transformers
+    python3 benches/qwen3vl.py --2b --new-tokens 64 --roiscope-weights q8_0,q4k,bf16,f32 \
+        --model-dir /work/models/2b-bf16 --quiet-wait 0 --tries 1   # weight formats (issue 25)
 
 Needs torch (CPU), transformers 5, tokenizers, safetensors, Pillow and numpy. Builds roiscope with
 `cargo build --release` first (leave it out with --no-build; --exe picks another binary).
@@ -284,7 +286,13 @@ def cpu_busy(seconds=1.0):
     return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
-def wait_quiet(limit=900):
+QUIET_WAIT = 900
+
+
+def wait_quiet(limit=None):
+    limit = QUIET_WAIT if limit is None else limit
+    if limit <= 0:
+        return None
     """Waits (up to `limit` s) until other processes use under 10% of the CPUs, so that a busy
     neighbour (a compiler, a test run) does not end up in the numbers; says so if it never is."""
     start = time.time()
@@ -306,9 +314,9 @@ def run_transformers(model, image, text, threads, new_tokens, runs, warmup, attn
         + (["--margins"] if margins else []), env, tries, timeout)
 
 
-def run_roiscope(exe, model, image, text, threads, new_tokens, bf16, tries=3, timeout=None):
+def run_roiscope(exe, model, image, text, threads, new_tokens, weights, tries=3, timeout=None):
     cmd = [exe, "infer", "--model", str(model), "--image", str(image), "--prompt", text,
-           "--max-new-tokens", str(new_tokens), "--json"] + (["--bf16"] if bf16 else [])
+           "--max-new-tokens", str(new_tokens), "--json", "--weights", weights]
     return measured(cmd, {"RAYON_NUM_THREADS": str(threads)}, tries, timeout)
 
 
@@ -362,7 +370,7 @@ def rescaled_copy(src, dst):
 
 
 def compare_ids(exe, model, image, n, attn):
-    ours = run_roiscope(exe, model, image, TINY_TEXT, 1, n, False)
+    ours = run_roiscope(exe, model, image, TINY_TEXT, 1, n, "f32")
     hf = run_transformers(model, image, TINY_TEXT, 1, n, 1, 0, attn, "f32", margins=True)
     a, b = ours["token_ids"], hf["runs"][0]["token_ids"]
     margins = hf["runs"][0]["margins"]
@@ -396,7 +404,7 @@ def tiny(args, exe, work, image):
         for threads in [int(x) for x in args.threads.split(",")]:
             hf = run_transformers(model, image, TINY_TEXT, threads, n, args.runs, 1, attn, "f32",
                                   tries=args.tries)
-            ours = [run_roiscope(exe, model, image, TINY_TEXT, threads, n, False, tries=args.tries)
+            ours = [run_roiscope(exe, model, image, TINY_TEXT, threads, n, "f32", tries=args.tries)
                     for _ in range(args.runs + 1)][1:]
             assert all(o["prompt_tokens"] == hf["prompt_tokens"] for o in ours), \
                 (ours[0]["prompt_tokens"], hf["prompt_tokens"])
@@ -437,25 +445,30 @@ def tiny(args, exe, work, image):
 
 
 def two_b(args, exe, work, image):
-    model = work / "qwen3vl-2b-bf16"
-    if not (model / "model.safetensors").exists():
+    model = Path(args.model_dir) if args.model_dir else work / "qwen3vl-2b-bf16"
+    if args.model_dir:
+        args.keep = True
+    elif not (model / "model.safetensors").exists():
         secs = init_model(exe, "2b", model, True)
         print(f"init-model --config 2b --bf16: {secs:.0f} s", file=sys.stderr)
-    size = sum(p.stat().st_size for p in model.iterdir()) / 2**30
+    size = sum(p.stat().st_size for p in model.iterdir() if p.is_file()) / 2**30
     threads = int(args.threads.split(",")[-1])
     attn = args.attn.split(",")[-1]
     n = args.new_tokens
-    bf16 = args.roiscope_dtype == "bf16"
+    formats = (args.roiscope_weights or args.roiscope_dtype).split(",")
     print(f"Qwen3-VL-2B architecture, random weights, bf16 ({size:.2f} GiB on disk), "
           "448x448 image, "
-          f"{n} new token(s), {threads} threads, one run per side; roiscope computes in "
-          f"{args.roiscope_dtype}, transformers in {args.transformers_dtype}\n")
+          f"{n} new token(s), {threads} threads, one run per side; roiscope weights "
+          f"{', '.join(formats)} (f32 activations), transformers in {args.transformers_dtype}\n")
     sides = {}
+    order = []
     for side in args.sides.split(","):
+        order += [f"roiscope:{f}" for f in formats] if side == "roiscope" else [side]
+    for side in order:
         try:
-            if side == "roiscope":
-                res = run_roiscope(exe, model, image, LONG_TEXT, threads, n, bf16, tries=args.tries,
-                                   timeout=args.timeout)
+            if side.startswith("roiscope"):
+                res = run_roiscope(exe, model, image, LONG_TEXT, threads, n, side.split(":")[1],
+                                   tries=args.tries, timeout=args.timeout)
                 res["prefill"] = res["prefill_seconds"]
                 res["decode"] = res["decode_tokens_per_second"]
             else:
@@ -480,25 +493,29 @@ def two_b(args, exe, work, image):
         hf = sides["transformers"]
         versions = (f"; transformers {hf['transformers']} (attn_implementation={hf['attn']}), "
                     f"torch {hf['torch']}")
-    if len(sides) == 2:
-        assert sides["roiscope"]["prompt_tokens"] == sides["transformers"]["prompt_tokens"]
+    for k, v in sides.items():
+        assert v["prompt_tokens"] == any_side["prompt_tokens"], k
     print(f"prompt: {any_side['prompt_tokens']} tokens ({n_image} image tokens, "
           f"{any_side['prompt_tokens'] - n_image} text and template){versions}\n")
     dec_head, dec_rule = (" decode tok/s |", "---|") if n > 1 else ("", "")
     print(f"| side | load s | prefill s (one forward) |{dec_head} process wall s | peak RSS MiB "
           "| other processes' CPU s |")
     print(f"|---|---|---|{dec_rule}---|---|---|")
-    names = {"roiscope": "roiscope infer" + (" --bf16" if bf16 else " (f32 compute)"),
-             "transformers": f"transformers, {args.transformers_dtype}"}
+    def name(side):
+        if side.startswith("roiscope"):
+            return f"roiscope infer --weights {side.split(':')[1]}"
+        return f"transformers, {args.transformers_dtype}"
     for side, r in sides.items():
         extra = f" (imports {r['import_seconds']:.1f})" if side == "transformers" else ""
         dec = f" {r['decode']:.2f} |" if n > 1 else ""
-        print(f"| {names[side]} | {r['load_seconds']:.2f} | {r['prefill']:.2f} |{dec} "
+        print(f"| {name(side)} | {r['load_seconds']:.2f} | {r['prefill']:.2f} |{dec} "
               f"{r['wall']:.1f}{extra} | {r['rss']:.0f} | {r['foreign_cpu'] or 0:.1f} |")
-    if len(sides) == 2:
-        o, h = sides["roiscope"], sides["transformers"]
+    h = sides.get("transformers")
+    for side, o in sides.items():
+        if h is None or side == "transformers":
+            continue
         dec = f" {o['decode'] / h['decode']:.2f}x |" if n > 1 else ""
-        print("| roiscope vs transformers (speed; memory) | "
+        print(f"| {name(side)} vs transformers (speed; memory) | "
               f"{h['load_seconds'] / o['load_seconds']:.2f}x "
               f"| {h['prefill'] / o['prefill']:.2f}x |{dec} {h['wall'] / o['wall']:.2f}x "
               f"| {o['rss'] / h['rss']:.2f}x as much |  |")
@@ -519,7 +536,13 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=None,
                     help="greedy tokens to generate (default 32 for --tiny, 1 for --2b)")
     ap.add_argument("--roiscope-dtype", default="bf16", choices=["bf16", "f32"],
-                    help="--2b: compute dtype of roiscope (f32: the bf16 weights widened at load)")
+                    help="--2b: roiscope --weights (f32: the bf16 weights widened at load)")
+    ap.add_argument("--roiscope-weights", default=None,
+                    help="--2b: comma list of roiscope --weights formats (f32, bf16, q8_0, q4k)")
+    ap.add_argument("--model-dir", default=None,
+                    help="--2b: an existing model folder (used read-only, never deleted)")
+    ap.add_argument("--quiet-wait", type=int, default=900,
+                    help="seconds to wait for idle CPUs before a measurement (0: do not wait)")
     ap.add_argument("--transformers-dtype", default="bf16", choices=["bf16", "f32"],
                     help="--2b: compute dtype of transformers")
     ap.add_argument("--attn", default="sdpa", help="transformers attention (sdpa, eager, or both)")
@@ -548,6 +571,8 @@ def main():
         ap.error("pick --tiny or --2b")
     if args.threads is None:
         args.threads = "1,2" if args.tiny else "2"
+    global QUIET_WAIT
+    QUIET_WAIT = args.quiet_wait
     if args.new_tokens is None:
         args.new_tokens = 32 if args.tiny else 1
     if not args.no_build:

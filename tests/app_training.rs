@@ -14,6 +14,7 @@ use roiscope::app::settings::Settings;
 use roiscope::app::training::{Curves, RunState};
 use roiscope::app::{Tab, Workbench};
 use roiscope::model::folder::{init_model, InitSize};
+use roiscope::model::quantized::WeightFormat;
 use roiscope::train::trainer::TrainConfig;
 
 fn harness(project: &Path, model: &Path) -> Harness<'static, Workbench> {
@@ -118,6 +119,10 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
         run.display().to_string(),
         "the latest run is the default"
     );
+    // With the weights quantised to Q8_0 (the panel's Weights choice; the adapter merged in),
+    // the diagnosis streams.
+    h.state_mut().predict.weights = WeightFormat::Q8_0;
+    h.run_steps(2);
     h.get_by_label("Run on this image").click();
     h.run_steps(2);
     step_until(&mut h, "the prediction", Duration::from_secs(300), |wb| {
@@ -126,6 +131,11 @@ fn a_short_run_streams_curves_and_stops_with_a_checkpoint() {
     let (id, outcome) = h.state().predict.outcome.clone().unwrap();
     let outcome = outcome.expect("the pipeline runs");
     assert_eq!(id, h.state().record.as_ref().unwrap().id);
+    assert_eq!(
+        h.state().predict.partial,
+        Some((id, outcome.generated.clone())),
+        "the last streamed text is the diagnosis"
+    );
     assert!((0.0..=1.0).contains(&outcome.match_score));
     // Its box is drawn on the canvas and can become the correction (after the panel's layout
     // settles: a bottom panel takes its height from the frame before).

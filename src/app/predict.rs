@@ -3,17 +3,20 @@
 //! checkpoint. The pipeline is loaded and run on a worker thread that keeps it between requests;
 //! the predicted box goes on the canvas, with the match score, the diagnosis (withheld as
 //! "unverified" under the threshold), and buttons to copy it or take the box as the correction.
+//! The diagnosis shows as its tokens are generated; the weights can be packed (Q8_0, Q4K, bf16;
+//! `crate::model::quantized`) for a workstation without a GPU.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, Sender};
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use egui::{Color32, RichText, Ui};
 
 use super::Command;
 use crate::data::image_io::{load_rgb8, LoadOptions};
 use crate::data::store::{BoxSource, StoredRecord};
 use crate::infer::{Outcome, Pipeline, DEFAULT_QUESTION};
+use crate::model::quantized::WeightFormat;
 
 struct Job {
     record: i64,
@@ -23,34 +26,49 @@ struct Job {
     question: String,
     /// `None`: the run's calibrated threshold (0.5 without one).
     threshold: Option<f64>,
+    weights: WeightFormat,
     ctx: egui::Context,
 }
 
-type Reply = (i64, Result<Outcome, String>);
+enum Reply {
+    /// The diagnosis generated so far for a record.
+    Partial(i64, String),
+    Done(i64, Result<Outcome, String>),
+}
 
 #[derive(Default)]
 pub struct PredictPanel {
     /// A checkpoint folder, or a run folder meaning its latest checkpoint.
     pub checkpoint: String,
     pub override_threshold: bool,
+    /// How the model's weights are stored (read at the next load).
+    pub weights: WeightFormat,
     jobs: Option<Sender<Job>>,
     replies: Option<Receiver<Reply>>,
     pub running: Option<i64>,
     /// The last outcome, for the record it was made on.
     pub outcome: Option<(i64, Result<Outcome, String>)>,
+    /// The diagnosis so far while a run generates it (after the run: the last text streamed).
+    pub partial: Option<(i64, String)>,
 }
 
-/// The worker: keeps the last pipeline while the model and checkpoint stay the same.
+/// The worker: keeps the last pipeline while the model, checkpoint and weight format stay the
+/// same.
 fn worker(jobs: Receiver<Job>, replies: Sender<Reply>) {
-    let mut loaded: Option<((PathBuf, PathBuf), Pipeline)> = None;
+    let mut loaded: Option<((PathBuf, PathBuf, WeightFormat), Pipeline)> = None;
     let mut calibrated = 0.5;
     for job in jobs {
-        let key = (job.model.clone(), job.checkpoint.clone());
+        let key = (job.model.clone(), job.checkpoint.clone(), job.weights);
         let result = (|| -> anyhow::Result<Outcome> {
             if loaded.as_ref().is_none_or(|(k, _)| *k != key) {
                 loaded = None;
-                let p =
-                    Pipeline::open(&job.model, &job.checkpoint, None, DType::F32, &Device::Cpu)?;
+                let p = Pipeline::open_in(
+                    &job.model,
+                    &job.checkpoint,
+                    None,
+                    job.weights,
+                    &Device::Cpu,
+                )?;
                 calibrated = p.threshold;
                 loaded = Some((key.clone(), p));
             }
@@ -60,10 +78,18 @@ fn worker(jobs: Receiver<Job>, replies: Sender<Reply>) {
             pipeline.threshold = job.threshold.unwrap_or(calibrated);
             let image = load_rgb8(&job.image, LoadOptions::default())
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", job.image.display()))?;
-            pipeline.run(&image, &job.question)
+            pipeline.run_streaming(&image, &job.question, |text| {
+                // The panel may be gone; the run still finishes.
+                let _ = replies.send(Reply::Partial(job.record, text.to_string()));
+                job.ctx.request_repaint();
+                std::ops::ControlFlow::Continue(())
+            })
         })();
         if replies
-            .send((job.record, result.map_err(|e| format!("{e:#}"))))
+            .send(Reply::Done(
+                job.record,
+                result.map_err(|e| format!("{e:#}")),
+            ))
             .is_err()
         {
             return;
@@ -89,9 +115,10 @@ impl PredictPanel {
         let Some(rx) = &self.replies else { return };
         loop {
             match rx.try_recv() {
-                Ok(reply) => {
+                Ok(Reply::Partial(id, text)) => self.partial = Some((id, text)),
+                Ok(Reply::Done(id, result)) => {
                     self.running = None;
-                    self.outcome = Some(reply);
+                    self.outcome = Some((id, result));
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
@@ -139,10 +166,12 @@ impl PredictPanel {
             image,
             question,
             threshold,
+            weights: self.weights,
             ctx: ctx.clone(),
         };
         if self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok()) {
             self.running = Some(record.id);
+            self.partial = None;
         } else {
             self.jobs = None;
             self.outcome = Some((
@@ -183,6 +212,23 @@ impl PredictPanel {
             ui.add_enabled(self.override_threshold, egui::Slider::new(threshold, 0.0..=1.0))
                 .on_hover_text("A diagnosis whose match score is under this is withheld as unverified");
         });
+        ui.horizontal(|ui| {
+            let label = ui.label("Weights");
+            egui::ComboBox::from_id_salt("predict-weights")
+                .selected_text(self.weights.name())
+                .show_ui(ui, |ui| {
+                    for format in WeightFormat::ALL {
+                        ui.selectable_value(&mut self.weights, format, format.name());
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text(
+                    "How the model's weights are stored: f32 (exact, most memory), bf16, or \
+                     quantised q8_0 / q4k (less memory, faster on a CPU; the adapter is merged \
+                     in). Taken at the next load",
+                );
+        });
         let ready = !model.trim().is_empty() && !self.checkpoint.trim().is_empty();
         let busy = self.running.is_some();
         if ui
@@ -202,6 +248,16 @@ impl PredictPanel {
         {
             let t = self.override_threshold.then_some(*threshold);
             self.request(ui.ctx(), record, image, model, t);
+        }
+        if let (Some(running), Some((id, text))) = (self.running, &self.partial) {
+            if running == record.id && *id == record.id {
+                ui.label(RichText::new(format!("generating: {text}")).italics());
+            }
+        }
+        if let (Some(running), Some((id, text))) = (self.running, &self.partial) {
+            if running == record.id && *id == record.id {
+                ui.label(RichText::new(format!("generating: {text}")).italics());
+            }
         }
         match &self.outcome {
             Some((id, Ok(o))) if *id == record.id => {

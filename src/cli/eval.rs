@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::model::quantized::WeightFormat;
 use anyhow::Context;
-use candle_core::DType;
 use serde_json::json;
 
 use super::infer::parse_device;
@@ -59,6 +59,9 @@ pub struct Args {
     /// At most this many records of the split (0: all)
     #[arg(long, value_name = "N", default_value_t = 0)]
     limit: usize,
+    /// How the weights are stored: f32, bf16, q8_0 or q4k (see `roiscope infer --help`)
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "f32")]
+    weights: WeightFormat,
     /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     device: String,
@@ -81,13 +84,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         examples.truncate(args.limit);
     }
     let device = parse_device(&args.device)?;
-    let mut pipeline = Pipeline::open(
+    let mut pipeline = Pipeline::open_in(
         &args.model,
         &args.adapter,
         args.threshold,
-        DType::F32,
+        args.weights,
         &device,
     )?;
+    eprintln!("{}", pipeline.weights.summary());
     pipeline.max_new_tokens = args.max_new_tokens;
     let out = args.out.clone().unwrap_or_else(|| {
         pipeline
@@ -149,6 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "threshold_source": threshold_source,
         "calibration": calibration,
         "max_new_tokens": args.max_new_tokens,
+        "weights": pipeline.weights,
         "metrics": {
             "rouge_l": "rouge-score RougeScorer(['rougeL']) F1, its tokenizer, no stemmer; CJK characters one token each",
             "bleu4": "NLTK sentence_bleu, weights 0.25 x 4, SmoothingFunction().method3, on the same tokens",

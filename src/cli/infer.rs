@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use crate::data::image_io::{self, LoadOptions};
-use crate::model::folder::ModelFolder;
 use crate::model::generate::{generate, GenerationConfig, Sampling, StopReason};
+use crate::model::quantized::{self, WeightFormat};
 use crate::model::text::KvCache;
 
 #[path = "infer_pipeline.rs"]
@@ -74,8 +74,13 @@ pub struct Args {
     /// With --temperature: random seed
     #[arg(long, value_name = "N", default_value_t = 0, requires = "temperature")]
     seed: u64,
-    /// Compute in bf16 instead of f32 (half the memory; slower on most CPUs)
-    #[arg(long)]
+    /// How the weights are stored: f32; bf16 (linear layers in bf16, half the memory); q8_0 or
+    /// q4k (the text model's linear layers and the LM head quantised, the vision tower in bf16;
+    /// CPU only). Activations are f32 in every format; a LoRA adapter is merged before packing
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "f32")]
+    weights: WeightFormat,
+    /// The same as --weights bf16
+    #[arg(long, conflicts_with = "weights")]
     bf16: bool,
     /// Device: cpu, or cuda / cuda:N in a build with the `cuda` feature
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
@@ -96,9 +101,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("plain generation takes one --image; --adapter runs the pipeline on many");
     }
     let device = parse_device(&args.device)?;
-    let dtype = if args.bf16 { DType::BF16 } else { DType::F32 };
     let started = Instant::now();
-    let folder = ModelFolder::open(&args.model, dtype, &device)?;
+    let (folder, report) =
+        quantized::open_folder(&args.model, args.format(), &device, |_| Ok(()), |_, _| {})?;
     let load_seconds = started.elapsed().as_secs_f64();
     let image = match args.image.first() {
         Some(path) => Some(
@@ -168,6 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             // Tokens after the first, per second of decoding.
             "decode_tokens_per_second": decode_rate(&generation),
             "load_seconds": load_seconds,
+            "weights": report,
             "stop": format!("{:?}", generation.stop),
         });
         writeln!(stdout, "{out}")?;
@@ -183,12 +189,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             StopReason::ContextFull => "context full",
         };
         eprintln!(
-            "{} prompt tokens, {} new ({reason}) in {seconds:.2} s; model loaded in {load_seconds:.2} s",
+            "{} prompt tokens, {} new ({reason}) in {seconds:.2} s; model loaded in {load_seconds:.2} s ({})",
             generation.prompt_tokens,
-            generation.token_ids.len()
+            generation.token_ids.len(),
+            report.summary()
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+impl Args {
+    /// `--weights`, or bf16 with `--bf16`.
+    pub(super) fn format(&self) -> WeightFormat {
+        if self.bf16 {
+            WeightFormat::Bf16
+        } else {
+            self.weights
+        }
+    }
 }
 
 fn decode_rate(g: &crate::model::generate::Generation) -> Option<f64> {

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::DType;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
@@ -53,6 +52,7 @@ fn result_json(path: &Path, o: &Outcome, overlay: Option<&Path>) -> serde_json::
         "diagnosis": o.released(),
         "generated": o.generated,
         "generated_tokens": o.generated_tokens,
+        "verify_tokens": o.verify_tokens,
         "timings": o.timings,
         "overlay": overlay.map(|p| p.display().to_string()),
         "error": null,
@@ -70,9 +70,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "the pipeline diagnoses greedily; --temperature is for plain generation"
     );
     let device = parse_device(&args.device)?;
-    let dtype = if args.bf16 { DType::BF16 } else { DType::F32 };
     let started = Instant::now();
-    let mut pipeline = Pipeline::open(&args.model, &adapter, args.threshold, dtype, &device)?;
+    let mut pipeline = Pipeline::open_in(
+        &args.model,
+        &adapter,
+        args.threshold,
+        args.format(),
+        &device,
+    )?;
     pipeline.max_new_tokens = args.max_new_tokens;
     let load_seconds = started.elapsed().as_secs_f64();
     let source = match &pipeline.threshold_source {
@@ -81,10 +86,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ThresholdSource::Default => "default, no calibration".to_string(),
     };
     eprintln!(
-        "checkpoint {} ({:?} heads), threshold {:.3} ({source}); loaded in {load_seconds:.2} s",
+        "checkpoint {} ({:?} heads), threshold {:.3} ({source}); loaded in {load_seconds:.2} s ({})",
         pipeline.checkpoint.dir.display(),
         pipeline.heads.layout,
-        pipeline.threshold
+        pipeline.threshold,
+        pipeline.weights.summary()
     );
     if let Some(dir) = &args.overlay {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -5,7 +5,11 @@
 //! 2. diagnose: greedy generation with the KV cache, continuing that same prefill;
 //! 3. verify: the match head on (image, generated diagnosis) laid out exactly as a training
 //!    sample (`tokenizer.chat` with the answer, `train::data::collate`, pooled over every real
-//!    token); below the threshold the diagnosis is withheld and flagged "unverified".
+//!    token); below the threshold the diagnosis is withheld and flagged "unverified". The states
+//!    come from generation itself: the prompt's and those of the generated tokens fed back in;
+//!    only the tokens of the pair that generation did not feed (normally `<|im_end|>` and the
+//!    newline after it) go through the model, continuing its cache
+//!    ([`Pipeline::score_pair`] runs the whole pair again and gives the same score).
 //!
 //! - [`heads`]: strict loading of the heads, roiscope's layout or the seed's;
 //! - [`overlay`]: the overlay PNG and its bitmap font.
@@ -26,6 +30,7 @@ use crate::model::folder::ModelFolder;
 use crate::model::generate::{generate_observed, GenerationConfig, Sampling};
 use crate::model::ops::Exec;
 use crate::model::processor::{self, ProcessedImage};
+use crate::model::quantized::{self, PackReport, WeightFormat};
 use crate::model::text::KvCache;
 use crate::train::data::{self, Sample};
 use crate::train::heads::{image_token_coords, run_heads};
@@ -158,7 +163,8 @@ pub struct Timings {
     pub locate: f64,
     /// Generating the tokens after the prompt.
     pub decode: f64,
-    /// The (image, diagnosis) pair through the model and the match head.
+    /// The tokens of the (image, diagnosis) pair that generation had not computed through the
+    /// model, and the match head.
     pub verify: f64,
     pub total: f64,
 }
@@ -179,6 +185,8 @@ pub struct Outcome {
     /// The generated diagnosis, whether released or not.
     pub generated: String,
     pub generated_tokens: usize,
+    /// Tokens run through the model for verify (the pair's tokens generation had not fed in).
+    pub verify_tokens: usize,
     pub timings: Timings,
 }
 
@@ -228,6 +236,8 @@ pub struct Pipeline {
     pub threshold: f64,
     pub threshold_source: ThresholdSource,
     pub max_new_tokens: usize,
+    /// How the weights were stored at load.
+    pub weights: PackReport,
 }
 
 /// What the heads say about one (image, text) pair laid out as in training.
@@ -243,12 +253,29 @@ fn sigmoid(x: f32) -> f32 {
 
 impl Pipeline {
     /// Loads the model folder, attaches the checkpoint's adapter and loads its heads strictly.
-    /// `threshold`: `Some` overrides the run's calibration.
+    /// `threshold`: `Some` overrides the run's calibration. `dtype` bf16 means
+    /// [`WeightFormat::Bf16`].
     pub fn open(
         model_dir: &Path,
         adapter: &Path,
         threshold: Option<f64>,
         dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let format = if dtype == DType::BF16 {
+            WeightFormat::Bf16
+        } else {
+            WeightFormat::F32
+        };
+        Self::open_in(model_dir, adapter, threshold, format, device)
+    }
+
+    /// [`Self::open`] with the weights in `format`; the adapter is merged into packed weights.
+    pub fn open_in(
+        model_dir: &Path,
+        adapter: &Path,
+        threshold: Option<f64>,
+        format: WeightFormat,
         device: &Device,
     ) -> anyhow::Result<Self> {
         let checkpoint = Checkpoint::resolve(adapter)?;
@@ -258,9 +285,18 @@ impl Pipeline {
                 "--threshold {t} is outside [0, 1]"
             );
         }
-        let mut folder = ModelFolder::open(model_dir, dtype, device)?;
-        lora::load_peft(&mut folder.model, &checkpoint.dir.join("adapter"), device).with_context(
-            || format!("cannot attach the adapter of {}", checkpoint.dir.display()),
+        let (folder, weights) = quantized::open_folder(
+            model_dir,
+            format,
+            device,
+            |model| {
+                lora::load_peft(model, &checkpoint.dir.join("adapter"), device)
+                    .with_context(|| {
+                        format!("cannot attach the adapter of {}", checkpoint.dir.display())
+                    })
+                    .map(|_| ())
+            },
+            |_, _| {},
         )?;
         let hidden = folder.config.text.hidden_size;
         let heads = Heads::load(&checkpoint.dir.join("heads.safetensors"), hidden, device)?;
@@ -284,6 +320,7 @@ impl Pipeline {
             threshold,
             threshold_source,
             max_new_tokens: 128,
+            weights,
         })
     }
 
@@ -370,14 +407,19 @@ impl Pipeline {
             self.device(),
         )?;
         let out = self.folder.model.forward(&batch.input, Exec::Fused)?;
-        let hidden = out.hidden.to_dtype(DType::F32)?;
+        self.heads_on(&out.hidden, &batch)
+    }
+
+    /// The heads on the final hidden states `(batch, seq, hidden)` of a collated batch.
+    fn heads_on(&self, hidden: &Tensor, batch: &data::Batch) -> anyhow::Result<Vec<PairScore>> {
+        let hidden = hidden.to_dtype(DType::F32)?;
         let embeds = self.folder.model.token_embeddings(&batch.input)?;
         let (boxes, logits, _) = run_heads(
             &self.heads.roi,
             &self.heads.matcher,
             &hidden,
             &embeds,
-            &batch,
+            batch,
             None,
         )?;
         let logits: Vec<f32> = logits.to_vec1()?;
@@ -394,6 +436,17 @@ impl Pipeline {
 
     /// locate -> diagnose -> verify on one image.
     pub fn run(&self, image: &RgbImage, question: &str) -> anyhow::Result<Outcome> {
+        self.run_streaming(image, question, |_| ControlFlow::Continue(()))
+    }
+
+    /// [`Self::run`], handing the diagnosis so far to `on_text` as each token is generated
+    /// (`ControlFlow::Break` stops generation; what was generated is verified).
+    pub fn run_streaming(
+        &self,
+        image: &RgbImage,
+        question: &str,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> anyhow::Result<Outcome> {
         let all = Instant::now();
         let started = Instant::now();
         let processed = self.process(image)?;
@@ -402,6 +455,7 @@ impl Pipeline {
             processed.image_tokens(self.folder.processor.merge_size),
             None,
         )?;
+        let prompt_ids = chat.ids.clone();
         let input = crate::model::qwen3_vl::ModelInput::single(
             chat.ids,
             Some(self.pixels(&processed)?),
@@ -422,6 +476,10 @@ impl Pipeline {
         let mut cache = KvCache::new();
         let mut roi = [0f32; 4];
         let mut locate = 0.0;
+        // Final hidden states of every token that went through the model: the prompt's, then
+        // one per generated token fed back in.
+        let states = std::cell::RefCell::new(Vec::<Tensor>::new());
+        let mut so_far: Vec<u32> = Vec::new();
         let generation = generate_observed(
             &self.folder.model,
             &input,
@@ -431,13 +489,26 @@ impl Pipeline {
                 let t = Instant::now();
                 roi = self.locate(&out.hidden, &out.image_mask, processed.grid_thw)?;
                 locate = t.elapsed().as_secs_f64();
+                states.borrow_mut().push(out.hidden.clone());
                 Ok(())
             },
-            |_| ControlFlow::Continue(()),
+            |token| {
+                so_far.push(token);
+                match self.decode_answer(&so_far) {
+                    Ok(text) => on_text(&text),
+                    Err(_) => ControlFlow::Continue(()),
+                }
+            },
+            |hidden| states.borrow_mut().push(hidden.clone()),
         )?;
         let text = self.decode_answer(&generation.token_ids)?;
         let started = Instant::now();
-        let score = self.score_pair(&processed, question, &text)?;
+        let states = states.into_inner();
+        let mut fed = prompt_ids;
+        fed.extend_from_slice(&generation.token_ids[..states.len().saturating_sub(1)]);
+        let states = Tensor::cat(&states, 1)?;
+        let (score, verify_tokens) =
+            self.verify_cached(&processed, question, &text, &fed, &states, &mut cache)?;
         let verify = started.elapsed().as_secs_f64();
         let (width, height) = image.dimensions();
         let match_score = score.match_score;
@@ -452,6 +523,7 @@ impl Pipeline {
             verified: f64::from(match_score) >= self.threshold && !text.trim().is_empty(),
             generated: text,
             generated_tokens: generation.token_ids.len(),
+            verify_tokens,
             timings: Timings {
                 preprocess,
                 prefill: generation.prefill_seconds - locate,
@@ -461,6 +533,54 @@ impl Pipeline {
                 total: all.elapsed().as_secs_f64(),
             },
         })
+    }
+
+    /// The heads on (image, question, `text`) laid out as a training sample, reusing what
+    /// generation computed: `fed` are the tokens in `cache` (the prompt and the generated
+    /// tokens fed back in) and `states` `(1, fed, hidden)` their final hidden states. The pair's
+    /// tokens that agree with `fed` from the start keep their states; the cache is cut back to
+    /// them and the rest of the pair (normally `<|im_end|>` and a newline; more where the
+    /// answer's text tokenizes differently from the generated tokens) runs through the model
+    /// one token at a time. Returns the score and how many tokens ran.
+    fn verify_cached(
+        &self,
+        processed: &ProcessedImage,
+        question: &str,
+        text: &str,
+        fed: &[u32],
+        states: &Tensor,
+        cache: &mut KvCache,
+    ) -> anyhow::Result<(PairScore, usize)> {
+        let tokenizer = &self.folder.tokenizer;
+        let merge = self.folder.processor.merge_size;
+        let chat = tokenizer.chat(question, processed.image_tokens(merge), Some(text))?;
+        let prompt_len = chat.answer.start;
+        let shared = chat.ids.iter().zip(fed).take_while(|(a, b)| a == b).count();
+        ensure!(
+            shared >= prompt_len && cache.len() == fed.len() && states.dim(1)? == fed.len(),
+            "verify: the generation's prompt and states do not match the pair's layout"
+        );
+        cache.truncate(shared)?;
+        let mut parts = vec![states.narrow(1, 0, shared)?];
+        for &token in &chat.ids[shared..] {
+            parts.push(self.folder.model.step(&[token], cache, Exec::Fused)?);
+        }
+        let hidden = Tensor::cat(&parts, 1)?;
+        let special = tokenizer.special();
+        let sample = Sample {
+            ids: chat.ids.clone(),
+            image: processed.clone(),
+            answer: chat.answer,
+            negative: false,
+            roi: None,
+        };
+        let batch = data::collate(
+            &[sample],
+            special.endoftext,
+            special.image_pad,
+            self.device(),
+        )?;
+        Ok((self.heads_on(&hidden, &batch)?[0], chat.ids.len() - shared))
     }
 
     /// The generated answer as text: stop tokens and every added (special) token left out, so

@@ -38,6 +38,15 @@ pub struct Prompt {
 impl ModelFolder {
     /// Loads the folder; weights are converted to `dtype` (f32 or bf16).
     pub fn open(dir: &Path, dtype: DType, device: &Device) -> anyhow::Result<Self> {
+        Self::open_with(dir, |config| weights::load(config, dir, dtype, device))
+    }
+
+    /// Loads the folder, the weights through the [`VarBuilder`](candle_nn::VarBuilder) that
+    /// `load_weights` makes for the checked config (see `super::quantized`).
+    pub fn open_with(
+        dir: &Path,
+        load_weights: impl FnOnce(&Qwen3VlConfig) -> anyhow::Result<candle_nn::VarBuilder<'static>>,
+    ) -> anyhow::Result<Self> {
         ensure!(
             dir.is_dir(),
             "model folder {} does not exist",
@@ -117,7 +126,7 @@ impl ModelFolder {
                 }
             }
         }
-        let vb = weights::load(&config, dir, dtype, device)?;
+        let vb = load_weights(&config)?;
         let model = Qwen3Vl::load(&config, vb)
             .with_context(|| format!("cannot build the model from {}", dir.display()))?;
         Ok(ModelFolder {

@@ -112,12 +112,14 @@ pub fn generate(
     cache: &mut KvCache,
     on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> anyhow::Result<Generation> {
-    generate_observed(model, input, config, cache, |_| Ok(()), on_token)
+    generate_observed(model, input, config, cache, |_| Ok(()), on_token, |_| {})
 }
 
 /// [`generate`], handing the prompt's final hidden states to `on_prefill` before the first
 /// token is chosen (the task heads read them: in a causal model the prompt's states do not
-/// depend on what follows).
+/// depend on what follows), and the final hidden state `(1, 1, hidden)` of each token fed back
+/// into the model to `on_state` (every generated token but the last: generation ends before the
+/// last one goes in).
 pub fn generate_observed(
     model: &Qwen3Vl,
     input: &ModelInput,
@@ -125,6 +127,7 @@ pub fn generate_observed(
     cache: &mut KvCache,
     on_prefill: impl FnOnce(&ModelOutput) -> anyhow::Result<()>,
     mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+    mut on_state: impl FnMut(&candle_core::Tensor),
 ) -> anyhow::Result<Generation> {
     ensure!(input.batch() == 1, "generation takes one prompt at a time");
     if let Sampling::TopP {
@@ -169,6 +172,7 @@ pub fn generate_observed(
             break StopReason::ContextFull;
         }
         let hidden = model.step(&[token], cache, exec)?;
+        on_state(&hidden);
         logits = model.logits(&hidden.i((0, 0))?)?.to_dtype(DType::F32)?;
     };
     Ok(Generation {

@@ -8,6 +8,7 @@
 //!   gradient, activation recompute);
 //! - [`positions`]: MRoPE positions and the vision tower's patch positions;
 //! - [`vision`], [`text`], [`qwen3_vl`]: the vision tower, the text model, and the two joined;
+//! - [`quantized`]: inference weights (Q8_0, Q4K, bf16) made at load, adapters merged;
 //! - [`generate`]: greedy and top-p generation with a resettable cache;
 //! - [`folder`]: a model folder (config, weights, tokenizer, processor) and `init-model`;
 //! - [`processor`]: images to the vision tower's patches and `image_grid_thw`, as Hugging Face's
@@ -23,6 +24,7 @@ pub mod grad;
 pub mod ops;
 pub mod positions;
 pub mod processor;
+pub mod quantized;
 pub mod qwen3_vl;
 pub mod random;
 pub mod resample;

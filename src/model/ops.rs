@@ -211,6 +211,9 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
+    /// The weight in an inference format (`super::quantized`, set at load); `weight` is then only
+    /// a placeholder of its shape.
+    pub packed: Option<std::sync::Arc<super::quantized::PackedLinear>>,
 }
 
 impl Linear {
@@ -225,6 +228,7 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            packed: None,
         })
     }
 
@@ -241,7 +245,9 @@ impl Module for Linear {
     /// stored in another dtype than `x` is widened for the product (bf16 weights computed in f32
     /// on the CPU).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut y = if x.track_op() && !self.weight.track_op() {
+        let mut y = if let Some(packed) = &self.packed {
+            packed.forward(x)?
+        } else if x.track_op() && !self.weight.track_op() {
             super::grad::frozen_matmul(x, &self.weight)?
         } else {
             matmul_last(x, &super::grad::widened(&self.weight, x.dtype())?)?

@@ -97,6 +97,8 @@ pub struct Qwen3Vl {
     text: TextModel,
     /// `None` when tied to the token embeddings.
     lm_head: Option<Tensor>,
+    /// The LM head in an inference format (`super::quantized`), when packed.
+    lm_head_packed: Option<std::sync::Arc<super::quantized::PackedLinear>>,
 }
 
 impl Qwen3Vl {
@@ -117,6 +119,7 @@ impl Qwen3Vl {
             vision,
             text,
             lm_head,
+            lm_head_packed: None,
         })
     }
 
@@ -179,8 +182,27 @@ impl Qwen3Vl {
 
     /// Logits over the vocabulary for hidden states `(..., hidden)`.
     pub fn logits(&self, hidden: &Tensor) -> anyhow::Result<Tensor> {
-        let head = super::grad::widened(self.lm_head(), hidden.dtype())?;
-        Ok(super::ops::matmul_last(hidden, &head)?)
+        Ok(match &self.lm_head_packed {
+            Some(head) => head.forward(hidden)?,
+            None => {
+                let head = super::grad::widened(self.lm_head(), hidden.dtype())?;
+                super::ops::matmul_last(hidden, &head)?
+            }
+        })
+    }
+
+    /// Computes logits with `head`; an untied head's own weight is dropped (a placeholder of
+    /// its shape stays).
+    pub fn set_packed_lm_head(
+        &mut self,
+        head: std::sync::Arc<super::quantized::PackedLinear>,
+        device: &Device,
+    ) -> anyhow::Result<()> {
+        if let Some(w) = &mut self.lm_head {
+            *w = super::quantized::placeholder(w.dims(), device)?;
+        }
+        self.lm_head_packed = Some(head);
+        Ok(())
     }
 
     /// A full forward pass without a cache.

@@ -75,6 +75,26 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keeps the first `len` cached tokens. For tokens cached after the prompt (their positions
+    /// advance by one each), so `next_position` moves back by as many as are dropped.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        let dropped = self.len().saturating_sub(len);
+        if dropped == 0 {
+            return Ok(());
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(2, 0, len)?;
+            *v = v.narrow(2, 0, len)?;
+        }
+        if let Some(p) = &mut self.padding {
+            *p = p.narrow(1, 0, len)?;
+        }
+        for p in &mut self.next_position {
+            *p -= dropped as i64;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]

@@ -238,7 +238,7 @@ struct Entry {
 /// Tensors read from the safetensors files one at a time with positioned reads, so loading
 /// holds no more than the model plus one tensor in memory (a memory map would keep every page
 /// it touched resident next to the copies, about twice the model at the peak).
-struct FileTensors {
+pub struct FileTensors {
     files: Vec<(PathBuf, std::fs::File)>,
     entries: HashMap<String, Entry>,
     /// The dtype the large matrices are kept in (see [`stored_as_is`]); everything else is read
@@ -342,7 +342,13 @@ impl FileTensors {
         })
     }
 
-    fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    /// Whether the files hold `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Reads tensor `name`, converted to `dtype`.
+    pub fn read(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         use std::os::unix::fs::FileExt;
         let Some(e) = self.entries.get(name) else {
             candle_core::bail!("no tensor {name} in the checkpoint");
@@ -352,7 +358,9 @@ impl FileTensors {
         file.read_exact_at(&mut bytes, e.start).map_err(|err| {
             candle_core::Error::Msg(format!("cannot read {name} from {}: {err}", path.display()))
         })?;
-        Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?.to_dtype(dtype)
+        let t = Tensor::from_raw_buffer(&bytes, e.dtype, &e.shape, device)?;
+        drop(bytes);
+        t.to_dtype(dtype)
     }
 }
 
@@ -394,18 +402,24 @@ pub fn load(
     dtype: DType,
     device: &Device,
 ) -> anyhow::Result<VarBuilder<'static>> {
-    let files = checkpoint_files(dir)?;
-    let mut tensors = FileTensors::open(&files)?;
+    let mut tensors = open_checked(config, dir)?;
     tensors.storage = dtype;
+    Ok(VarBuilder::from_backend(
+        Box::new(tensors),
+        compute_dtype(dtype, device),
+        device.clone(),
+    ))
+}
+
+/// The checkpoint's tensors after checking every name and shape against `config`.
+pub fn open_checked(config: &Qwen3VlConfig, dir: &Path) -> anyhow::Result<FileTensors> {
+    let files = checkpoint_files(dir)?;
+    let tensors = FileTensors::open(&files)?;
     let found: HashMap<String, Vec<usize>> = tensors
         .entries
         .iter()
         .map(|(k, e)| (k.clone(), e.shape.clone()))
         .collect();
     check_names(config, &found)?;
-    Ok(VarBuilder::from_backend(
-        Box::new(tensors),
-        compute_dtype(dtype, device),
-        device.clone(),
-    ))
+    Ok(tensors)
 }

@@ -63,6 +63,7 @@ fn linear_with(vb: &VarBuilder, out: usize, inp: usize, bias: bool) -> Result<Li
             None
         },
         lora: None,
+        packed: None,
     })
 }
 
@@ -90,6 +91,7 @@ fn constant_linear(vb: &VarBuilder, out: usize, inp: usize, value: f64) -> Resul
         weight: vb.get_with_hints((out, inp), "weight", Init::Const(value))?,
         bias: None,
         lora: None,
+        packed: None,
     })
 }
 
