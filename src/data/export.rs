@@ -2,16 +2,16 @@
 //! JSON lines carrying everything the project knows, and COCO detection JSON.
 //!
 //! Every export reads one consistent snapshot of the project (another process may be editing
-//! it) and streams records to a temporary file that is renamed into place at the end, so a
-//! failed export never leaves a half-written file under the final name.
+//! it) and streams records to a temporary file in the target's folder that is flushed to disk and
+//! renamed into place at the end, so a failed export never leaves a half-written file under the
+//! final name. The target must be a regular file (or new), never one of the project's own files.
 
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::Context;
 use serde_json::{json, Map, Value};
 
-use super::files::partial_path;
+use super::files::{check_export_target, write_durable};
 use super::record::with_fields;
 use super::store::{Project, RecordFilter, Split, StoredRecord};
 
@@ -52,28 +52,8 @@ pub fn export(
         w.flush()?;
         return Ok(summary);
     }
-    let tmp = partial_path(out);
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let summary = write_export(project, format, split, &mut w)
-        .and_then(|s| {
-            w.flush()?;
-            Ok(s)
-        })
-        .with_context(|| format!("cannot write {}", tmp.display()));
-    drop(w);
-    match summary {
-        Ok(s) => {
-            std::fs::rename(&tmp, out)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            Ok(s)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    check_export_target(out, project.dir())?;
+    write_durable(out, |w| write_export(project, format, split, w))
 }
 
 /// Writes the export to any writer.
