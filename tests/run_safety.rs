@@ -35,9 +35,18 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 const SETTINGS: &str = "batch_size = 2\ngrad_accum = 2\nwarmup_steps = 1\nlora_r = 4\n\
     lora_dropout = 0.1\ncheckpoint_every = 0\ncheckpoint_minutes = 0.0\n";
 
+/// [`SETTINGS`] with the keys of `extra` put over them.
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_string();
+    let given: Vec<String> = extra.lines().map(key).collect();
+    let mut text: String = SETTINGS
+        .lines()
+        .filter(|l| !given.contains(&key(l)))
+        .map(|l| format!("{}\n", l.trim()))
+        .collect();
+    text += extra;
     let path = dir.join(format!("train-{}.toml", extra.len()));
-    std::fs::write(&path, format!("{SETTINGS}{extra}")).unwrap();
+    std::fs::write(&path, text).unwrap();
     path
 }
 
@@ -187,7 +196,8 @@ fn sigint_and_sigterm_stop_save_and_resume_to_the_uninterrupted_parameters() {
 fn a_second_sigint_quits_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (project, model) = setup(tmp.path());
-    let config = write_config(tmp.path(), "");
+    // Long steps (50 batches each): the first SIGINT waits for a step boundary far away.
+    let config = write_config(tmp.path(), "grad_accum = 50\n");
     let run = tmp.path().join("run");
     let child = spawn(&mut train_new(&project, &model, &run, &config, 1000));
     let start = Instant::now();
@@ -195,12 +205,17 @@ fn a_second_sigint_quits_at_once() {
         assert!(start.elapsed() < Duration::from_secs(300));
         std::thread::sleep(Duration::from_millis(2));
     }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
+    // Two signals sent at once may arrive as one: the second follows the first's message.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = wait_output(child, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(130));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("SIGINT: stopping at the next step boundary"),
+        "{stderr}"
+    );
 }
 
 /// `kill -9` at random moments while checkpoints are written (every step, the oldest removed

@@ -123,11 +123,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::thread::spawn(move || {
             while !ended.load(Ordering::SeqCst) {
                 if SIGNALS.load(Ordering::SeqCst) > 0 {
-                    bar.println(format!(
-                        "{}: stopping at the next step boundary and saving a checkpoint \
+                    say(
+                        &bar,
+                        format!(
+                            "{}: stopping at the next step boundary and saving a checkpoint \
                          (Ctrl-C again quits at once, losing the steps since the last checkpoint)",
-                        signal_name(FIRST_SIGNAL.load(Ordering::SeqCst))
-                    ));
+                            signal_name(FIRST_SIGNAL.load(Ordering::SeqCst))
+                        ),
+                    );
                     let _ = control_tx.send(Control::Stop);
                     return;
                 }
@@ -138,7 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut last_checkpoint = None;
     for event in events_rx {
         if let Some(warning) = metrics.write(&event) {
-            bar.println(format!("warning: {warning}"));
+            say(&bar, format!("warning: {warning}"));
         }
         match &event {
             Event::Started {
@@ -148,11 +151,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 devices,
             } => {
                 bar.set_length(*total_steps as u64);
-                bar.println(format!(
+                say(
+                    &bar,
+                    format!(
                     "training on {examples} examples, {total_steps} steps, {trainable_parameters} \
                      trainable parameters, on {}",
                     devices.join(", ")
-                ));
+                ),
+                );
             }
             Event::Step {
                 step, loss, total, ..
@@ -173,7 +179,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ..
             } => {
                 let show = |x: &Option<f64>| x.map_or("-".into(), |v| format!("{v:.3}"));
-                bar.println(format!(
+                say(
+                    &bar,
+                    format!(
                     "step {step}: validation on {pairs} pairs: roi {:.3}  match {:.3}  lm {:.3}  \
                      ROI mean IoU {}  match AUC {}{}",
                     loss[0],
@@ -182,13 +190,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     show(roi_iou),
                     show(match_auc),
                     if *best { "  (best so far)" } else { "" }
-                ));
+                ),
+                );
             }
             Event::Checkpoint { dir, .. } => {
                 last_checkpoint = Some(dir.clone());
-                bar.println(format!("checkpoint {}", dir.display()));
+                say(&bar, format!("checkpoint {}", dir.display()));
             }
-            Event::Warning { message } => bar.println(format!("warning: {message}")),
+            Event::Warning { message } => say(&bar, format!("warning: {message}")),
             Event::Finished { step } => {
                 bar.finish_and_clear();
                 eprintln!(
@@ -296,4 +305,13 @@ fn resume(run: &Path, args: &Args) -> anyhow::Result<Trainer> {
     let mut trainer = Trainer::resume_with(folder, examples, run, &specs, config)?;
     trainer.set_validation(val);
     Ok(trainer)
+}
+
+/// A line on stderr above the progress bar (plainly when the bar is hidden: not a terminal).
+fn say(bar: &ProgressBar, line: impl AsRef<str>) {
+    if bar.is_hidden() {
+        eprintln!("{}", line.as_ref());
+    } else {
+        bar.println(line);
+    }
 }
