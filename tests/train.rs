@@ -332,6 +332,8 @@ fn two_replicas_train_as_one() {
     c.batch_size = 4;
     c.grad_accum = 2;
     c.checkpoint_every = 1;
+    // Step 1's checkpoint is compared below: keep all four.
+    c.keep_checkpoints = 4;
     c.lora_dropout = 0.1;
     c.negative_ratio = 0.5;
     let params = |dir: &Path| -> Vec<(String, Vec<f32>)> {
