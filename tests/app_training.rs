@@ -317,3 +317,63 @@ fn ten_thousand_points_per_curve_draw() {
     h.run_steps(3);
     h.get_by_label("10000 points per curve");
 }
+
+/// The window's close button while a run trains: the close is held back and a dialog asks;
+/// "Stop, save and close" stops the run at a step boundary with a checkpoint and then closes the
+/// window. Without a run the close goes through at once.
+#[test]
+fn closing_the_window_while_training_asks_then_stops_and_saves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = ensure_sample_project(tmp.path().join("project")).unwrap();
+    let model = tmp.path().join("model");
+    init_model(InitSize::Tiny, &model, DType::F32, 0, |_, _| {}).unwrap();
+    let mut h = harness(&project, &model);
+    let commands = |h: &Harness<'static, Workbench>| -> Vec<egui::ViewportCommand> {
+        h.output()
+            .viewport_output
+            .get(&egui::ViewportId::ROOT)
+            .map(|v| v.commands.clone())
+            .unwrap_or_default()
+    };
+    let request_close = |h: &mut Harness<'static, Workbench>| {
+        h.input_mut()
+            .viewports
+            .entry(egui::ViewportId::ROOT)
+            .or_default()
+            .events
+            .push(egui::ViewportEvent::Close);
+        h.step();
+    };
+    // Idle: nothing is held back.
+    request_close(&mut h);
+    assert!(!commands(&h).contains(&egui::ViewportCommand::CancelClose));
+
+    h.get_by_label("Start").click();
+    h.run_steps(2);
+    step_until(&mut h, "a step", Duration::from_secs(300), |wb| {
+        wb.training.curves.len() >= 1
+    });
+    request_close(&mut h);
+    assert!(commands(&h).contains(&egui::ViewportCommand::CancelClose));
+    h.run_steps(2);
+    assert!(h.state().training.confirm_close && h.state().training.busy());
+    h.get_by_label("Stop, save and close").click();
+    let mut closed = false;
+    let start = Instant::now();
+    while !closed {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the window never closed"
+        );
+        h.step();
+        closed = commands(&h).contains(&egui::ViewportCommand::Close);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let state = h.state().training.state.clone();
+    assert!(
+        matches!(&state, RunState::Ended(s) if s.contains("stopped")),
+        "{state:?}"
+    );
+    let run = h.state().training.showing.clone().unwrap();
+    assert!(roiscope::train::checkpoint::latest_checkpoint(&run).is_ok());
+}

@@ -4,7 +4,8 @@
 #[path = "support/project.rs"]
 mod support;
 
-use std::path::Path;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
 use roiscope::data::store::{schema, BoxSource, Edit, Project, ReviewStatus};
 use serde_json::{json, Value};
@@ -532,4 +533,157 @@ fn the_diagnosis_field_can_be_chosen() {
     // A project keeps the field it was made with.
     let err = fails(&mut prepare_cmd(&raw, &sample, &project));
     assert!(err.contains("uses the diagnosis field \"Organ\""), "{err}");
+}
+
+/// `export --out` never replaces the project's own files, a folder, a device or a pipe: each is
+/// refused with the path named and exit code 1, and the project still opens with its records.
+/// A good export leaves no temporary file beside it.
+#[test]
+fn export_refuses_the_projects_own_files_devices_pipes_and_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = sample_dir();
+    let project = tmp.path().join("p");
+    prepare_json(&sample.join("raw_data.json"), &sample, &project, &[]);
+    let records = Project::open(&project).unwrap().record_count().unwrap() as usize;
+    let db_before = std::fs::read(project.join("roiscope.db")).unwrap();
+    let fifo = tmp.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Another spelling of the database: through `..` and through a symbolic link.
+    let link = tmp.path().join("link.json");
+    std::os::unix::fs::symlink(project.join("roiscope.db"), &link).unwrap();
+    let dotted = project.join("cache/../roiscope.db");
+    for (out, says) in [
+        (project.join("roiscope.db"), "project's own files"),
+        (dotted, "project's own files"),
+        (link, "project's own files"),
+        (project.join("roiscope.db-wal"), "project's own files"),
+        (project.join("prepare-report.json"), "project's own files"),
+        (project.clone(), "is a folder"),
+        (tmp.path().to_path_buf(), "is a folder"),
+        (PathBuf::from("/dev/null"), "not a regular file"),
+        (fifo.clone(), "not a regular file"),
+    ] {
+        let err = fails(roiscope().args([
+            "export",
+            "--project",
+            s(&project),
+            "--format",
+            "jsonl",
+            "--out",
+            s(&out),
+        ]));
+        assert!(err.contains(says), "{}: {err}", out.display());
+        assert!(err.contains(s(&out)), "the path is named: {err}");
+    }
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(
+        std::fs::read(project.join("roiscope.db")).unwrap(),
+        db_before
+    );
+    assert_eq!(
+        Project::open(&project).unwrap().record_count().unwrap() as usize,
+        records
+    );
+    // A file of its own inside the project folder is allowed, and no temporary file is left.
+    let inside = project.join("export.jsonl");
+    run_ok(&[
+        "export",
+        "--project",
+        s(&project),
+        "--format",
+        "jsonl",
+        "--out",
+        s(&inside),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&inside).unwrap().lines().count(),
+        records
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&project)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Each kind of text the trainer cannot take is refused by `prepare` with the record named (its
+/// place in the input): a 300,000-word diagnosis, `<|image_pad|>` typed into a question, a
+/// second `<image>` in a question; and by `project edit` for the diagnosis. The other records are
+/// kept.
+#[test]
+fn prepare_and_edit_refuse_texts_the_trainer_cannot_take() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = sample_dir();
+    let mut records: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(sample.join("raw_data.json")).unwrap()).unwrap();
+    let n = records.len();
+    records[1]["target_diag"] = json!("word ".repeat(300_000));
+    records[2]["messages"][0]["content"] = json!("<image>Is this <|image_pad|> normal?");
+    records[3]["messages"][0]["content"] = json!("<image>Compare with <image>.");
+    let input = tmp.path().join("bad.json");
+    std::fs::write(&input, serde_json::to_vec(&records).unwrap()).unwrap();
+    let project = tmp.path().join("p");
+    let report = prepare_json(&input, &sample, &project, &[]);
+    assert_eq!(
+        reason_count(&report, "text the trainer cannot take"),
+        3,
+        "{report:#}"
+    );
+    let group = report["skipped_by_reason"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["reason"] == "text the trainer cannot take")
+        .unwrap();
+    let named: Vec<(u64, String)> = group["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["record"].as_u64().unwrap(),
+                e["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(named.len(), 3);
+    assert_eq!(named[0].0, 2);
+    assert!(named[0].1.contains("1500000 characters"), "{named:?}");
+    assert_eq!(named[1].0, 3);
+    assert!(
+        named[1].1.contains("special token <|image_pad|>"),
+        "{named:?}"
+    );
+    assert_eq!(named[2].0, 4);
+    assert!(named[2].1.contains("more than one <image>"), "{named:?}");
+    let mut p = Project::open(&project).unwrap();
+    assert_eq!(p.record_count().unwrap() as usize, n - 3);
+
+    let first = p.record(1).unwrap().id;
+    for text in ["a <|im_end|> b".to_string(), "x".repeat(20_001)] {
+        let err = p
+            .apply_edit(first, &Edit::SetDiagnosis { text }, "t")
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&format!("record {first}")),
+            "{err:#}"
+        );
+    }
+    p.apply_edit(
+        first,
+        &Edit::SetDiagnosis {
+            text: "a fine diagnosis".into(),
+        },
+        "t",
+    )
+    .unwrap();
 }

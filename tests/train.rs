@@ -101,6 +101,7 @@ fn train_command_writes_metrics_and_peft_checkpoints() {
             "step",
             "checkpoint",
             "step",
+            "validation",
             "checkpoint",
             "finished"
         ]
@@ -108,9 +109,10 @@ fn train_command_writes_metrics_and_peft_checkpoints() {
     assert_eq!(events[0]["devices"], serde_json::json!(["cpu", "cpu"]));
     let step = &events[1];
     for key in ["loss", "weighted", "precision"] {
-        let v = step[key].as_array().unwrap();
-        assert_eq!(v.len(), 3);
-        assert!(v.iter().all(|x| x.as_f64().unwrap().is_finite()), "{key}");
+        let v = step[key].as_object().unwrap();
+        let tasks: Vec<&str> = v.keys().map(String::as_str).collect();
+        assert_eq!(tasks, ["roi", "match", "lm"]);
+        assert!(v.values().all(|x| x.as_f64().unwrap().is_finite()), "{key}");
     }
     for key in [
         "total",
@@ -330,6 +332,8 @@ fn two_replicas_train_as_one() {
     c.batch_size = 4;
     c.grad_accum = 2;
     c.checkpoint_every = 1;
+    // Step 1's checkpoint is compared below: keep all four.
+    c.keep_checkpoints = 4;
     c.lora_dropout = 0.1;
     c.negative_ratio = 0.5;
     let params = |dir: &Path| -> Vec<(String, Vec<f32>)> {
@@ -407,4 +411,40 @@ fn the_roi_box_does_not_depend_on_the_text() {
     }
     // The match head does read the text.
     assert_ne!(p[0].match_probability, p[1].match_probability);
+}
+
+/// `epochs` means what it says when accumulation does not divide an epoch: 10 examples in
+/// batches of 2 with 4 batches a step is 2 steps an epoch (4 batches, then the 1 left), 6 steps
+/// for 3 epochs, each step within one epoch (it used to run on into 4.8 epochs).
+#[test]
+fn accumulation_never_runs_past_the_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (project, model) = setup(tmp.path());
+    let project = Project::open(&project).unwrap();
+    let mut examples = load_examples(&project, Split::Train).unwrap();
+    assert!(examples.len() >= 10);
+    examples.truncate(10);
+    let folder = ModelFolder::open(&model, DType::F32, &Device::Cpu).unwrap();
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let c = TrainConfig {
+        epochs: 3,
+        max_steps: 0,
+        grad_accum: 4,
+        ..config(0)
+    };
+    let mut t = Trainer::new(c, folder, examples, &run, &[DeviceSpec::Cpu]).unwrap();
+    assert_eq!(t.total_steps(), 6);
+    let (events_tx, events_rx) = mpsc::channel();
+    let (_control_tx, control_rx) = mpsc::channel();
+    t.run(&events_tx, &control_rx).unwrap();
+    drop(events_tx);
+    let epochs: Vec<(usize, usize)> = events_rx
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step { step, epoch, .. } => Some((step, epoch)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(epochs, [(1, 0), (2, 0), (3, 1), (4, 1), (5, 2), (6, 2)]);
 }

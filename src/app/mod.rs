@@ -370,6 +370,7 @@ impl Workbench {
         });
         self.images.poll(&ctx);
         self.training.poll();
+        self.training.guard_close(&ctx);
         self.predict.poll();
         shortcuts::read(&ctx, self.tab, &mut self.commands);
 

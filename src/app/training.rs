@@ -4,7 +4,6 @@
 //! `roiscope train`), so earlier runs can be listed and their curves restored; a listed run with
 //! a checkpoint can be continued (as `roiscope train --resume`), its curves growing on.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,12 +11,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use egui::{RichText, Ui};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
-use serde_json::Value;
 
 use super::thin::thin;
+use crate::train::metrics::{read_metrics, MetricsWriter};
+use crate::train::run_record::RunRecord;
 use crate::train::trainer::{
-    checkpoint_config, checkpoint_step, latest_checkpoint, load_inputs, BaseDtype, Control, Event,
-    TrainConfig, Trainer, TASKS,
+    checkpoint_config, checkpoint_step, latest_checkpoint, load_inputs, load_val_examples,
+    BaseDtype, Control, Event, TrainConfig, Trainer, TASKS,
 };
 
 /// Every curve of a run, by optimiser step.
@@ -33,6 +33,33 @@ pub struct Curves {
     pub total_steps: usize,
     pub eta_seconds: f64,
     pub samples_per_second: f64,
+    /// Lines of the metrics file these were read from that could not be read.
+    pub unreadable_lines: usize,
+    /// Validations on the val split: their steps, raw loss per task, ROI mean IoU and match
+    /// AUC (NaN where there was none).
+    pub val: ValCurves,
+}
+
+/// The validation curves of a run.
+#[derive(Debug, Clone, Default)]
+pub struct ValCurves {
+    pub steps: Vec<f64>,
+    pub loss: [Vec<f64>; 3],
+    pub roi_iou: Vec<f64>,
+    pub match_auc: Vec<f64>,
+}
+
+impl ValCurves {
+    fn truncate(&mut self, n: usize) {
+        self.steps.truncate(n);
+        for v in self
+            .loss
+            .iter_mut()
+            .chain([&mut self.roi_iou, &mut self.match_auc])
+        {
+            v.truncate(n);
+        }
+    }
 }
 
 impl Curves {
@@ -70,47 +97,43 @@ impl Curves {
             self.eta_seconds = *eta_seconds;
             self.samples_per_second = *samples_per_second;
         }
+        if let Event::Validation {
+            step,
+            loss,
+            roi_iou,
+            match_auc,
+            ..
+        } = e
+        {
+            let x = *step as f64;
+            let v = &mut self.val;
+            v.truncate(v.steps.partition_point(|&s| s < x));
+            v.steps.push(x);
+            for (curve, l) in v.loss.iter_mut().zip(loss) {
+                curve.push(*l);
+            }
+            v.roi_iou.push(roi_iou.unwrap_or(f64::NAN));
+            v.match_auc.push(match_auc.unwrap_or(f64::NAN));
+        }
     }
 
-    /// Reads the step events of a `metrics.jsonl` (lines that are not step events are skipped).
+    /// Reads the step events of a `metrics.jsonl` back as events. Lines that cannot be read (a
+    /// line cut short by a crash) are counted, not guessed at.
     pub fn from_metrics(path: &Path) -> anyhow::Result<Curves> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let (lines, unreadable) = read_metrics(path)?;
         let mut curves = Curves::default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if v["event"] != "step" {
-                continue;
-            }
-            let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-            let arr = |k: &str| -> [f64; 3] {
-                std::array::from_fn(|i| v[k][i].as_f64().unwrap_or(f64::NAN))
-            };
-            curves.push(&Event::Step {
-                step: num("step") as usize,
-                total_steps: num("total_steps") as usize,
-                epoch: num("epoch") as usize,
-                loss: arr("loss"),
-                weighted: arr("weighted"),
-                precision: arr("precision"),
-                total: num("total"),
-                lr_lora: num("lr_lora"),
-                lr_heads: num("lr_heads"),
-                grad_norm: num("grad_norm"),
-                negatives: num("negatives") as usize,
-                samples_per_second: num("samples_per_second"),
-                tokens_per_second: num("tokens_per_second"),
-                eta_seconds: num("eta_seconds"),
-            });
+        for line in &lines {
+            curves.push(&line.event);
         }
+        curves.unreadable_lines = unreadable.len();
         Ok(curves)
     }
 
     /// Keeps the points up to and including `step` (where a continued run picks up).
     pub fn keep_until(&mut self, step: usize) {
         self.truncate(self.steps.partition_point(|&s| s <= step as f64));
+        let v = &mut self.val;
+        v.truncate(v.steps.partition_point(|&s| s <= step as f64));
     }
 
     fn truncate(&mut self, n: usize) {
@@ -181,6 +204,11 @@ pub struct TrainingPanel {
     /// The longest any event taken by `poll` had waited for it since the frame log last took
     /// this (the responsiveness benchmark's measure for streaming); `None`: no event since.
     pub event_wait: Option<Duration>,
+    /// The close dialog is shown (the window's close button was pressed while training).
+    pub confirm_close: bool,
+    /// Stop-and-save was chosen there: the window closes when the run has ended.
+    pub closing: bool,
+    close_sent: bool,
 }
 
 impl Default for TrainingPanel {
@@ -204,6 +232,9 @@ impl Default for TrainingPanel {
             loading: None,
             log: Vec::new(),
             event_wait: None,
+            confirm_close: false,
+            closing: false,
+            close_sent: false,
         }
     }
 }
@@ -224,8 +255,12 @@ pub fn new_trainer(
     devices: &str,
     out: &Path,
 ) -> anyhow::Result<Trainer> {
-    let (devices, examples, folder) = load_inputs(project, model, devices, config.base_dtype)?;
-    Trainer::new(config, folder, examples, out, &devices)
+    let (specs, examples, folder) = load_inputs(project, model, devices, config.base_dtype)?;
+    let val = load_val_examples(project)?;
+    RunRecord::new(project, model, devices, &config)?.write(out)?;
+    let mut trainer = Trainer::new(config, folder, examples, out, &specs)?;
+    trainer.set_validation(val);
+    Ok(trainer)
 }
 
 /// A new run folder under the project's `runs/`.
@@ -293,7 +328,10 @@ impl TrainingPanel {
         self.launch(ctx, dir, false, move || {
             let base_dtype = checkpoint_config(&latest_checkpoint(&run)?)?.base_dtype;
             let (devices, examples, folder) = load_inputs(&project, &model, &devices, base_dtype)?;
-            Trainer::resume(folder, examples, &run, &devices)
+            let val = load_val_examples(&project)?;
+            let mut trainer = Trainer::resume(folder, examples, &run, &devices)?;
+            trainer.set_validation(val);
+            Ok(trainer)
         });
     }
 
@@ -323,11 +361,9 @@ impl TrainingPanel {
                 pool.broadcast(|_| lower_compute_priority());
                 let mut trainer = pool.install(make)?;
                 let (tx, rx) = channel();
-                let metrics_path = out.join("metrics.jsonl");
                 let forward = {
-                    let ui_tx = ui_tx.clone();
-                    let ctx = ctx.clone();
-                    std::thread::spawn(move || forward_events(rx, &metrics_path, &ui_tx, &ctx))
+                    let (ui_tx, ctx, out) = (ui_tx.clone(), ctx.clone(), out.clone());
+                    std::thread::spawn(move || forward_events(rx, &out, &ui_tx, &ctx))
                 };
                 // The sender drops with the closure, which ends the forwarding thread.
                 let run = pool.install(move || trainer.run(&tx, &control_rx));
@@ -379,6 +415,52 @@ impl TrainingPanel {
         }
     }
 
+    /// The window's close button while a run trains: the close is held back and a dialog asks
+    /// whether to stop the run (at the next step boundary, with a checkpoint) and close once it
+    /// is saved, or keep training. Call once per frame.
+    pub fn guard_close(&mut self, ctx: &egui::Context) {
+        let requested = ctx.input(|i| i.viewport().close_requested());
+        if self.closing && !self.busy() {
+            // Saved (or ended): the close goes through.
+            if !self.close_sent {
+                self.close_sent = true;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+            return;
+        }
+        if requested && self.busy() {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+            self.confirm_close = true;
+        }
+        if !self.confirm_close || !self.busy() {
+            self.confirm_close = false;
+            return;
+        }
+        egui::Modal::new(egui::Id::unique("close-while-training")).show(ctx, |ui| {
+            if self.closing {
+                ui.label("Stopping the run and saving a checkpoint; the window closes when it is saved.");
+                if ui
+                    .button("Close now")
+                    .on_hover_text("Quit without waiting: the steps since the last checkpoint are lost")
+                    .clicked()
+                {
+                    self.run = None;
+                }
+            } else {
+                ui.label("A run is training. Stop it at the next step and save a checkpoint, then close?");
+                ui.horizontal(|ui| {
+                    if ui.button("Stop, save and close").clicked() {
+                        self.stop();
+                        self.closing = true;
+                    }
+                    if ui.button("Keep training").clicked() {
+                        self.confirm_close = false;
+                    }
+                });
+            }
+        });
+    }
+
     /// Takes the worker's events; call once per frame.
     pub fn poll(&mut self) {
         let Some(run) = &mut self.run else { return };
@@ -420,6 +502,22 @@ impl TrainingPanel {
                             self.checkpoint_step = Some(*step);
                             self.log
                                 .push(format!("step {step}: checkpoint {}", dir.display()));
+                        }
+                        Event::Validation {
+                            step,
+                            roi_iou,
+                            match_auc,
+                            best,
+                            ..
+                        } => {
+                            let show =
+                                |x: &Option<f64>| x.map_or("-".into(), |v| format!("{v:.3}"));
+                            self.log.push(format!(
+                                "step {step}: validation ROI IoU {}, match AUC {}{}",
+                                show(roi_iou),
+                                show(match_auc),
+                                if *best { " (best so far)" } else { "" }
+                            ));
                         }
                         Event::Warning { message } => self.log.push(format!("warning: {message}")),
                         Event::Stopped { step } => {
@@ -512,6 +610,13 @@ impl TrainingPanel {
         }
         match result {
             Ok(loaded) => {
+                if loaded.curves.unreadable_lines > 0 {
+                    self.log.push(format!(
+                        "{} lines of {} could not be read (cut short by a crash?)",
+                        loaded.curves.unreadable_lines,
+                        run.join("metrics.jsonl").display()
+                    ));
+                }
                 self.curves = loaded.curves;
                 self.checkpoint_step = loaded.checkpoint.as_ref().map(|(step, _)| *step);
                 self.view_x = None;
@@ -723,7 +828,8 @@ impl TrainingPanel {
             ui.label(format!("{} points per curve", c.len()));
         });
         let s = *smoothing;
-        let height = ((ui.available_height() - 20.0) / 2.0).max(120.0);
+        let rows = if c.val.steps.is_empty() { 2.0 } else { 3.0 };
+        let height = ((ui.available_height() - 20.0) / rows).max(120.0);
         let width = (ui.available_width() / 2.0 - 8.0).max(200.0);
         // About a bucket per pixel column over what is in view; see `thin`.
         let (view, buckets) = (self.view_x, (width * ui.pixels_per_point()) as usize);
@@ -791,6 +897,46 @@ impl TrainingPanel {
                 });
             });
         });
+        if !c.val.steps.is_empty() {
+            let v = &c.val;
+            // Few points (one per validation): drawn as they are, with markers.
+            let points = |ys: &[f64]| -> Vec<[f64; 2]> {
+                v.steps
+                    .iter()
+                    .zip(ys)
+                    .filter(|(_, y)| y.is_finite())
+                    .map(|(&x, &y)| [x, y])
+                    .collect()
+            };
+            ui.horizontal(|ui| {
+                ui.vertical(|ui| {
+                    ui.label(RichText::new("Validation loss per task").strong())
+                        .on_hover_text("Raw L_i on the val split's fixed pairs");
+                    plot("val-loss", "val loss").show(ui, |p| {
+                        for (i, t) in TASKS.iter().enumerate() {
+                            let pts = points(&v.loss[i]);
+                            p.line(Line::new(format!("val {t}"), PlotPoints::from(pts.clone())));
+                            p.points(egui_plot::Points::new(format!("val {t}"), pts).radius(3.0));
+                        }
+                    });
+                });
+                ui.vertical(|ui| {
+                    ui.label(RichText::new("Validation ROI mean IoU and match AUC").strong())
+                        .on_hover_text(
+                            "On the val split; the best by best_metric keeps its checkpoint",
+                        );
+                    plot("val-metrics", "value").show(ui, |p| {
+                        for (name, ys) in
+                            [("ROI mean IoU", &v.roi_iou), ("match AUC", &v.match_auc)]
+                        {
+                            let pts = points(ys);
+                            p.line(Line::new(name, PlotPoints::from(pts.clone())));
+                            p.points(egui_plot::Points::new(name, pts).radius(3.0));
+                        }
+                    });
+                });
+            });
+        }
         self.view_x = seen.filter(|(lo, hi)| lo.is_finite() && hi.is_finite() && lo < hi);
     }
 }
@@ -809,7 +955,8 @@ fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
         usize_row(ui, "accumulation", &mut c.grad_accum, 1, "Batches per optimiser step (gradient accumulation)");
         usize_row(ui, "warmup steps", &mut c.warmup_steps, 0, "Linear warmup before the cosine schedule");
         usize_row(ui, "LoRA r", &mut c.lora_r, 1, "Rank of the LoRA adapters");
-        usize_row(ui, "checkpoint every", &mut c.checkpoint_every, 0, "Steps between checkpoints (0: only at the end)");
+        usize_row(ui, "checkpoint every", &mut c.checkpoint_every, 0, "Steps between checkpoints (0: not by steps); the newest keep_checkpoints are kept");
+        usize_row(ui, "validate every", &mut c.validate_every, 0, "Steps between validations on the val split (0: never); also at the end");
         let f64_row = |ui: &mut Ui, name: &str, v: &mut f64, speed: f64, tip: &str| {
             ui.label(name).on_hover_text(tip);
             ui.add(egui::DragValue::new(v).speed(speed).max_decimals(6)).on_hover_text(tip);
@@ -946,24 +1093,21 @@ pub fn smooth(x: &[f64], y: &[f64], alpha: f64) -> Vec<[f64; 2]> {
 /// it to the UI, waking it.
 fn forward_events(
     rx: Receiver<Event>,
-    metrics_path: &Path,
+    run: &Path,
     ui: &Sender<(Instant, Event)>,
     ctx: &egui::Context,
 ) {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(metrics_path)
+    let warn = |message: String| {
+        let _ = ui.send((Instant::now(), Event::Warning { message }));
+    };
+    // A file that cannot be written must not stop the run; the UI still gets the events, and a
+    // warning says once that the log stopped.
+    let mut metrics = MetricsWriter::open(run)
+        .map_err(|e| warn(format!("{e:#}; the run goes on without logging its events")))
         .ok();
     for event in rx {
-        if let (Some(f), Ok(mut line)) = (file.as_mut(), serde_json::to_value(&event)) {
-            line["time"] = serde_json::json!(SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()));
-            // A full disk must not stop the run; the UI still gets the event.
-            if writeln!(f, "{line}").and_then(|()| f.flush()).is_err() {
-                file = None;
-            }
+        if let Some(message) = metrics.as_mut().and_then(|m| m.write(&event)) {
+            warn(message);
         }
         if ui.send((Instant::now(), event)).is_err() {
             break;

@@ -143,6 +143,133 @@ pub fn partial_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
+/// Makes a folder's entries (a file created or renamed in it) survive a power loss.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync the folder {}", dir.display()))
+}
+
+/// Writes `path` durably: `write` fills a temporary file in the same folder (named after the
+/// target and this process, so two writers never share it), which is flushed to disk (fsync) and
+/// then renamed over the target, and the folder is synced. A crash, `kill -9` or a full disk
+/// leaves either the old file or the new one, never half of one; the temporary file of a failed
+/// write is removed, and every error names the path that failed.
+pub fn write_durable<T>(
+    path: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.partial", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let result = (|| -> anyhow::Result<T> {
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        let value = write(&mut w).with_context(|| format!("cannot write {}", tmp.display()))?;
+        w.flush()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {} (fsync)", tmp.display()))?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        Ok(value)
+    })();
+    match result {
+        Ok(value) => {
+            sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes a small file durably (see [`write_durable`]).
+pub fn write_durable_bytes(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_durable(path, |w| Ok(w.write_all(bytes)?))
+}
+
+/// Checks that `out` may be replaced by an export: a regular file or a new name, never a
+/// folder, a device, a pipe or a socket, and never one of the project's own files (its
+/// database and journals, image cache, runs, lock and prepare report).
+pub fn check_export_target(out: &Path, project_dir: &Path) -> anyhow::Result<()> {
+    use anyhow::bail;
+    if let Ok(meta) = std::fs::metadata(out) {
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            bail!(
+                "{} is a folder; give a file name for the export",
+                out.display()
+            );
+        }
+        if !kind.is_file() {
+            bail!(
+                "{} is not a regular file (a device, pipe or socket); an export only writes \
+                 regular files, give another path",
+                out.display()
+            );
+        }
+    }
+    // Where the export would really land: symbolic links and `..` resolved.
+    let resolved = match std::fs::canonicalize(out) {
+        Ok(p) => p,
+        Err(_) => {
+            let parent = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let parent = std::fs::canonicalize(parent).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write {}: its folder {}: {e}",
+                    out.display(),
+                    parent.display()
+                )
+            })?;
+            parent.join(out.file_name().unwrap_or_default())
+        }
+    };
+    let project = std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.into());
+    if let Ok(inside) = resolved.strip_prefix(&project) {
+        let first = inside
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let own = first.starts_with(crate::data::store::DB_FILE)
+            || [
+                crate::data::store::CACHE_DIR,
+                "runs",
+                "prepare.lock",
+                "prepare-report.json",
+            ]
+            .contains(&first.as_str());
+        if own || inside.as_os_str().is_empty() {
+            bail!(
+                "{} is one of the project's own files; an export cannot replace it, give \
+                 another path",
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Writes a small file through a temporary name and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;

@@ -45,6 +45,8 @@ pub enum SkipReason {
     NoBoxFound,
     /// The `roi_coords` given by the file are not a valid normalised box.
     InvalidRoiCoords(String),
+    /// The question or diagnosis cannot be trained on ([`check_training_text`]).
+    UnfitText(String),
 }
 
 impl SkipReason {
@@ -62,6 +64,7 @@ impl SkipReason {
             SkipReason::UnreadableImage(_) => "unreadable image",
             SkipReason::NoBoxFound => "no box found",
             SkipReason::InvalidRoiCoords(_) => "invalid roi_coords",
+            SkipReason::UnfitText(_) => "text the trainer cannot take",
         }
     }
 
@@ -89,9 +92,66 @@ impl SkipReason {
             SkipReason::MissingImage(p) => format!("{p} does not exist"),
             SkipReason::UnreadableImage(e) => e.clone(),
             SkipReason::NoBoxFound => "no green ROI box in the image".into(),
-            SkipReason::InvalidRoiCoords(e) => e.clone(),
+            SkipReason::InvalidRoiCoords(e) | SkipReason::UnfitText(e) => e.clone(),
         }
     }
+}
+
+/// The longest question or diagnosis a record may have, in characters: far above any report
+/// (a long one is a few thousand), far below what would make one training sample exhaust memory.
+pub const MAX_TEXT_CHARS: usize = 20_000;
+
+/// Why the trainer could not take `text` (the record's `what`: "question" or "diagnosis"): a
+/// chat-template special token typed into it (`<|image_pad|>`, `<|im_end|>`, ...) would be read
+/// as the token itself, a second `<image>` in the question asks for an image the record does not
+/// have, and a text over [`MAX_TEXT_CHARS`] would make one sample too long to train on.
+pub fn check_training_text(what: &str, text: &str) -> Result<(), String> {
+    if let Some(token) = special_token(text) {
+        return Err(format!(
+            "the {what} holds the special token {token}, which would be read as the token itself"
+        ));
+    }
+    if what == "question" && text.matches("<image>").count() > 1 {
+        return Err("the question holds more than one <image>; one image per record".into());
+    }
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return Err(format!(
+            "the {what} has {chars} characters, more than the {MAX_TEXT_CHARS} a training sample \
+             may hold"
+        ));
+    }
+    Ok(())
+}
+
+/// The first `<|name|>` in `text` (a name of letters, digits and `_`).
+fn special_token(text: &str) -> Option<&str> {
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(start) = rest.find("<|") {
+        let after = &rest[start + 2..];
+        let name_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        if name_len > 0 && after[name_len..].starts_with("|>") {
+            let begin = offset + start;
+            return Some(&text[begin..begin + 2 + name_len + 2]);
+        }
+        offset += start + 2;
+        rest = after;
+    }
+    None
+}
+
+/// The user question of a record (the first user message's text), if it has one.
+pub fn user_question(record: &Map<String, Value>) -> Option<&str> {
+    record
+        .get("messages")?
+        .as_array()?
+        .iter()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?
+        .get("content")?
+        .as_str()
 }
 
 /// The answer of a record: structured fields or plain text.
@@ -171,6 +231,10 @@ pub fn parse_source(value: Value, diagnosis_field: &str) -> Result<SourceRecord,
             _ => return Err(SkipReason::NoDiagnosisField(diagnosis_field.to_string())),
         },
     };
+    if let Some(q) = user_question(&record) {
+        check_training_text("question", q).map_err(SkipReason::UnfitText)?;
+    }
+    check_training_text("diagnosis", &diagnosis).map_err(SkipReason::UnfitText)?;
     let key = record_key(&record);
     Ok(SourceRecord {
         record,

@@ -57,6 +57,9 @@ impl Checkpoint {
     pub fn resolve(path: &Path) -> anyhow::Result<Self> {
         ensure!(path.is_dir(), "adapter {} does not exist", path.display());
         let dir = if path.join("heads.safetensors").exists() || path.join("adapter").exists() {
+            if crate::train::checkpoint::checkpoint_step(path).is_some() {
+                crate::train::checkpoint::ensure_complete(path)?;
+            }
             path.to_path_buf()
         } else {
             crate::train::trainer::latest_checkpoint(path).with_context(|| {

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use candle_core::{Device, Tensor};
-use serde_json::Value;
 
 use crate::data::image_io::{self, LoadOptions};
 use crate::data::store::{Project, RecordFilter, Split};
@@ -36,24 +35,12 @@ pub struct Example {
     pub stratum: String,
 }
 
-/// The user question of a stored record.
-fn question(record: &serde_json::Map<String, Value>) -> Option<String> {
-    record
-        .get("messages")?
-        .as_array()?
-        .iter()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))?
-        .get("content")?
-        .as_str()
-        .map(str::to_string)
-}
-
 /// The examples of one split, in record order.
 pub fn load_examples(project: &Project, split: Split) -> anyhow::Result<Vec<Example>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     project.for_each_record(RecordFilter::Split(split), |r| {
-        let Some(q) = question(&r.record) else {
+        let Some(q) = crate::data::record::user_question(&r.record).map(str::to_string) else {
             problems.push(format!("record {} has no user question", r.id));
             return Ok(());
         };

@@ -189,8 +189,7 @@ pub fn lm_loss(
     let total = crate::model::grad::with_backward(&x, nll, move |x, grad| {
         // Outside the graph: a product with a tracked `x` would keep each widened block of the
         // head alive until the chunk's logits are dropped (1.2 GB on the 2B, heaptrack).
-        nll_gradient(&x.detach(), &head, &tokens, chunk)?
-            .broadcast_mul(&grad.to_dtype(DType::F32)?)
+        nll_gradient(&x.detach(), &head, &tokens, chunk)?.broadcast_mul(&grad.to_dtype(DType::F32)?)
     })?;
     total / count.max(1.0)
 }

@@ -8,10 +8,15 @@
 //!   of a batch;
 //! - [`devices`]: `--devices`, and summing the replicas' gradients;
 //! - [`optim`]: AdamW with parameter groups, schedule, clipping, accumulation;
-//! - [`trainer`]: the loop, its events and controls, checkpoints;
+//! - [`trainer`]: the loop, its events and controls;
 //! - [`memory`]: whether a step fits, known before it runs;
+//! - [`checkpoint`]: checkpoint folders written durably, kept, and picked only when complete;
+//! - [`metrics`]: `metrics.jsonl`, written and read back as typed events;
+//! - [`run_record`]: what a run remembers (project, model folder and its weights, settings);
+//! - [`validation`]: losses, ROI IoU and match AUC on the val split during a run;
 //! - [`heap`]: the allocator kept from unmapping and remapping a step's large buffers.
 
+pub mod checkpoint;
 pub mod data;
 pub mod devices;
 pub mod heads;
@@ -19,6 +24,9 @@ pub mod heap;
 pub mod lora;
 pub mod losses;
 pub mod memory;
+pub mod metrics;
 pub mod optim;
 pub mod replica;
+pub mod run_record;
 pub mod trainer;
+pub mod validation;

@@ -366,6 +366,58 @@ impl Replica {
             .collect())
     }
 
+    /// The raw task losses of `samples` as one batch (without dropout or gradients) and the
+    /// heads' predictions: validation (issue 21).
+    pub fn evaluate(
+        &self,
+        samples: &[Sample],
+        settings: LossSettings,
+    ) -> anyhow::Result<([f64; 3], Vec<Prediction>)> {
+        let batch = data::collate(samples, self.special.0, self.special.1, self.device())?;
+        let out = self.model.forward(&batch.input, Exec::Fused)?;
+        let hidden = out.hidden.to_dtype(DType::F32)?;
+        let embeds = self.model.token_embeddings(&batch.input)?;
+        let (boxes, logits, place) =
+            run_heads(&self.roi, &self.matcher, &hidden, &embeds, &batch, None)?;
+        let counts = Counts::of(samples);
+        let l_roi = losses::roi_loss(
+            &boxes,
+            &batch.roi_target,
+            &batch.roi_weight,
+            settings.roi,
+            counts.roi_rows,
+        )?;
+        let l_match =
+            (losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?
+                + (losses::place_loss(
+                    &place,
+                    &batch.roi_target,
+                    &batch.roi_weight,
+                    settings.roi.beta,
+                    counts.roi_rows,
+                )? * settings.place_weight)?)?;
+        let l_lm = losses::lm_loss(
+            &hidden,
+            self.model.lm_head(),
+            &batch.lm_targets,
+            settings.lm_chunk,
+            counts.lm_targets,
+        )?;
+        let values: Vec<f32> = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0)?.to_vec1()?;
+        let losses = [values[0], values[1], values[2]].map(f64::from);
+        let logits: Vec<f32> = logits.to_vec1()?;
+        let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
+        let predictions = boxes
+            .into_iter()
+            .zip(logits)
+            .map(|(b, logit)| Prediction {
+                roi: [b[0], b[1], b[2], b[3]],
+                match_probability: 1.0 / (1.0 + (-logit).exp()),
+            })
+            .collect();
+        Ok((losses, predictions))
+    }
+
     /// Sets every trainable parameter to `source`'s values (after the optimiser step on the
     /// first replica).
     pub fn copy_from(&self, source: &Replica) -> anyhow::Result<()> {

@@ -21,6 +21,8 @@ use candle_nn::VarMap;
 use rayon::iter::{IndexedParallelIterator, IntoParallelRefIterator, ParallelIterator};
 use serde::{Deserialize, Serialize};
 
+pub use super::checkpoint::{checkpoint_step, latest_checkpoint};
+use super::checkpoint::{ensure_complete, write_checkpoint};
 use super::data::{self, Counts, Example, NegativeConfig};
 use super::devices::{self, DeviceSpec};
 use super::lora::LoraConfig;
@@ -28,6 +30,10 @@ use super::losses::{FocalConfig, RoiLossConfig};
 use super::memory;
 use super::optim::{cosine_with_warmup, Accumulated, AdamW, Group};
 use super::replica::{LossSettings, Prediction, Replica, Shard, ShardResult};
+use super::run_record::RunRecord;
+pub use super::validation::BestMetric;
+use super::validation::ValidationSet;
+use crate::data::record::check_training_text;
 use crate::model::folder::ModelFolder;
 use crate::model::processor::ImageProcessorConfig;
 use crate::model::random::SplitMix;
@@ -67,8 +73,24 @@ pub struct TrainConfig {
     pub roi_giou_weight: f64,
     /// Rows of vocabulary-wide logits made at once for the LM loss.
     pub lm_chunk: usize,
-    /// Write a checkpoint every this many steps (0: only at the end).
+    // Run safety (issue 21): checkpoints that bound what a crash, a signal or a full disk can
+    // lose.
+    /// Write a checkpoint every this many steps (0: not by steps).
     pub checkpoint_every: usize,
+    /// Also write one when this many minutes have passed since the last (0: not by time).
+    pub checkpoint_minutes: f64,
+    /// Checkpoints kept, the newest (at least 1); older ones are removed only once a newer one
+    /// is complete on disk.
+    pub keep_checkpoints: usize,
+    /// Validate on the val split every this many steps and at the end (0: never).
+    pub validate_every: usize,
+    /// Records of the val split validated on (the first ones, in the project's order).
+    pub val_examples: usize,
+    /// The validation number whose best value keeps its checkpoint (`best.json` names it).
+    pub best_metric: BestMetric,
+    /// Training images with more pixels are scaled down to about this many (aspect kept)
+    /// before they become patches: image tokens, and so memory, grow with pixels.
+    pub max_image_pixels: u64,
     /// The dtype the frozen base weights are kept in: `bf16` (half the memory; on the CPU they
     /// are widened to f32 one matrix at a time for their product), `f32`, or `auto`: bf16 on a
     /// GPU, f32 on the CPU. Adapters, heads and losses are f32 whatever this says.
@@ -144,7 +166,16 @@ impl Default for TrainConfig {
             roi_l1_weight: roi.l1_weight,
             roi_giou_weight: roi.giou_weight,
             lm_chunk: 128,
-            checkpoint_every: 0,
+            checkpoint_every: 500,
+            checkpoint_minutes: 30.0,
+            keep_checkpoints: 3,
+            validate_every: 500,
+            val_examples: 256,
+            best_metric: BestMetric::RoiIou,
+            // 1024 x 1024: 1,024 image tokens a sample (Qwen3-VL merges 32 x 32 pixels into
+            // one), meant for a 12 GB GPU; the processor's own limit (16.7 megapixels) allows
+            // 16,000, and a 2048 x 2048 image at 4,096 took 6.5 GB a step (issue 21).
+            max_image_pixels: 1 << 20,
             base_dtype: BaseDtype::Auto,
             recompute: None,
         }
@@ -190,6 +221,18 @@ impl TrainConfig {
             self.place_loss_weight >= 0.0,
             "place_loss_weight cannot be negative"
         );
+        ensure!(
+            self.checkpoint_minutes >= 0.0 && self.checkpoint_minutes.is_finite(),
+            "checkpoint_minutes cannot be negative"
+        );
+        ensure!(
+            self.keep_checkpoints >= 1,
+            "keep_checkpoints must be at least 1"
+        );
+        ensure!(
+            self.max_image_pixels >= 65_536,
+            "max_image_pixels must be at least 65536 (256 x 256)"
+        );
         Ok(())
     }
 
@@ -223,8 +266,45 @@ impl TrainConfig {
 /// Task order in every per-task array.
 pub const TASKS: [&str; 3] = ["roi", "match", "lm"];
 
-/// What the loop reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Per-task values in `metrics.jsonl`: an object keyed by task name (`{"roi": .., "match": ..,
+/// "lm": ..}`). Reading also takes the positional arrays of schema 1; a missing or null value
+/// (JSON has no NaN) reads as NaN.
+mod per_task {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::TASKS;
+
+    pub fn serialize<S: Serializer>(v: &[f64; 3], s: S) -> Result<S::Ok, S::Error> {
+        let map: serde_json::Map<String, serde_json::Value> = TASKS
+            .iter()
+            .zip(v)
+            .map(|(k, x)| (k.to_string(), serde_json::json!(x)))
+            .collect();
+        map.serialize(s)
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Named(std::collections::HashMap<String, Option<f64>>),
+        Positional([Option<f64>; 3]),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[f64; 3], D::Error> {
+        Ok(match Form::deserialize(d)? {
+            Form::Named(map) => TASKS.map(|k| map.get(k).copied().flatten().unwrap_or(f64::NAN)),
+            Form::Positional(a) => a.map(|x| x.unwrap_or(f64::NAN)),
+        })
+    }
+}
+
+/// The layout of `metrics.jsonl` lines: 2 keys per-task values by task name (1 had arrays in
+/// [`TASKS`] order).
+pub const METRICS_SCHEMA: u32 = 2;
+
+/// What the loop reports; written to `metrics.jsonl` one per line (see `train::metrics`) and
+/// read back with the same types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     Started {
@@ -239,10 +319,13 @@ pub enum Event {
         total_steps: usize,
         epoch: usize,
         /// Raw loss per task (roi, match, lm), averaged over the step's batches.
+        #[serde(with = "per_task")]
         loss: [f64; 3],
         /// `0.5 exp(-s_i) L_i + 0.5 s_i` per task.
+        #[serde(with = "per_task")]
         weighted: [f64; 3],
         /// `exp(-s_i)` per task.
+        #[serde(with = "per_task")]
         precision: [f64; 3],
         total: f64,
         lr_lora: f64,
@@ -256,6 +339,23 @@ pub enum Event {
     Checkpoint {
         step: usize,
         dir: PathBuf,
+    },
+    /// A validation on the val split (see `train::validation`).
+    Validation {
+        step: usize,
+        /// Raw loss per task over the validation pairs.
+        #[serde(with = "per_task")]
+        loss: [f64; 3],
+        /// Mean IoU of the ROI head's box on true pairs; none without boxes.
+        roi_iou: Option<f64>,
+        /// ROC AUC of the match head, true pairs against negatives; none without both.
+        match_auc: Option<f64>,
+        pairs: usize,
+        /// Pairs left out because their record could not be made into a sample (named in a
+        /// warning).
+        skipped: usize,
+        /// The best value of `best_metric` so far: this step's checkpoint is kept as `best`.
+        best: bool,
     },
     Warning {
         message: String,
@@ -315,6 +415,12 @@ pub fn load_inputs(
     Ok((devices, examples, folder))
 }
 
+/// The project's val split, for [`Trainer::set_validation`].
+pub fn load_val_examples(project: &Path) -> anyhow::Result<Vec<Example>> {
+    let project = crate::data::store::Project::open(project)?;
+    data::load_examples(&project, crate::data::store::Split::Val)
+}
+
 pub struct Trainer {
     config: TrainConfig,
     model_dir: PathBuf,
@@ -328,6 +434,14 @@ pub struct Trainer {
     rng: SplitMix,
     position: Position,
     out: PathBuf,
+    /// When the last checkpoint was written (or the run began), for `checkpoint_minutes`.
+    last_checkpoint: Instant,
+    /// The val split's pairs (none: no validation).
+    validation: Option<ValidationSet>,
+    /// The step and score (higher is better) of the best validation so far.
+    best: Option<(usize, f64)>,
+    /// Samples left out because their record could not be trained on.
+    skipped: usize,
 }
 
 impl Trainer {
@@ -379,6 +493,7 @@ impl Trainer {
             });
         }
         models.insert(0, model);
+        let processor = with_pixel_budget(processor, config.max_image_pixels);
         let recompute = config
             .recompute
             .unwrap_or_else(|| models[0].parameter_count() >= RECOMPUTE_FROM_PARAMETERS);
@@ -424,6 +539,10 @@ impl Trainer {
             rng,
             position: Position::default(),
             out: out.to_path_buf(),
+            last_checkpoint: Instant::now(),
+            validation: None,
+            best: None,
+            skipped: 0,
         })
     }
 
@@ -437,10 +556,30 @@ impl Trainer {
         run: &Path,
         devices: &[DeviceSpec],
     ) -> anyhow::Result<Self> {
+        Self::resume_with(folder, examples, run, devices, None)
+    }
+
+    /// [`Trainer::resume`] with the settings `config` instead of the checkpoint's (a longer
+    /// run: see [`super::run_record::extend_config`]). A run that recorded its model folder's
+    /// weights (`run.json`) refuses a folder whose weights changed.
+    pub fn resume_with(
+        folder: ModelFolder,
+        examples: Vec<Example>,
+        run: &Path,
+        devices: &[DeviceSpec],
+        config: Option<TrainConfig>,
+    ) -> anyhow::Result<Self> {
+        if let Some(record) = RunRecord::read(run)? {
+            record.check_model(&folder.dir)?;
+        }
         let ckpt = latest_checkpoint(run)?;
+        ensure_complete(&ckpt)?;
         let state = crate::data::files::read_json(&ckpt.join("trainer_state.json"))?;
         let what = ckpt.display();
-        let config = config_of_state(&state, &ckpt)?;
+        let config = match config {
+            Some(c) => c,
+            None => config_of_state(&state, &ckpt)?,
+        };
         let position: Position = serde_json::from_value(state["position"].clone())
             .with_context(|| format!("{what}: unreadable position"))?;
         let rng = state["rng"]
@@ -487,19 +626,72 @@ impl Trainer {
         t.opt.step = step;
         t.rng = SplitMix::new(rng);
         t.position = position;
+        t.best = serde_json::from_value(state["best"].clone()).unwrap_or(None);
+        ensure!(
+            t.total_steps() >= step,
+            "the run is at step {step} already; its settings end it at step {} (give a larger \
+             max_steps or epochs to train on)",
+            t.total_steps()
+        );
         Ok(t)
     }
 
+    /// The optimiser steps of the whole run: `max_steps`, else every epoch's batches in steps
+    /// of `grad_accum` (the last step of an epoch may take fewer).
     pub fn total_steps(&self) -> usize {
         let per_epoch = self
             .examples
             .len()
-            .div_ceil(self.config.batch_size * self.config.grad_accum);
+            .div_ceil(self.config.batch_size)
+            .div_ceil(self.config.grad_accum);
         if self.config.max_steps > 0 {
             self.config.max_steps
         } else {
             per_epoch * self.config.epochs
         }
+    }
+
+    /// Validates on these records (the project's val split) every `validate_every` steps and
+    /// at the end; an empty split means no validation.
+    pub fn set_validation(&mut self, val: Vec<Example>) {
+        let set = ValidationSet::new(val, self.config.val_examples);
+        self.validation = (!set.is_empty() && self.config.validate_every > 0).then_some(set);
+    }
+
+    /// Runs a validation and reports it; whether it is the best so far.
+    fn validate(&mut self, events: &Sender<Event>) -> anyhow::Result<bool> {
+        let Some(set) = &self.validation else {
+            return Ok(false);
+        };
+        let v = set.run(
+            &self.replicas[0],
+            &self.tokenizer,
+            &self.processor,
+            self.config.batch_size,
+            self.config.losses(),
+        )?;
+        let step = self.opt.step;
+        for (record, reason) in &v.skipped {
+            let _ = events.send(Event::Warning {
+                message: format!("validation at step {step}: record {record} left out: {reason}"),
+            });
+        }
+        let score = self.config.best_metric.score(&v);
+        let best = score.is_finite() && self.best.is_none_or(|(_, b)| score > b);
+        if best {
+            self.best = Some((step, score));
+        }
+        let finite = |x: f64| x.is_finite().then_some(x);
+        let _ = events.send(Event::Validation {
+            step,
+            loss: v.loss,
+            roi_iou: finite(v.roi_iou),
+            match_auc: finite(v.match_auc),
+            pairs: v.pairs,
+            skipped: v.skipped.len(),
+            best,
+        });
+        Ok(best)
     }
 
     /// What the model and heads, as trained so far, say about (text of `pairs[i].0`, image of
@@ -597,7 +789,17 @@ impl Trainer {
                 }
                 let chunk = &chunks[self.position.next_batch];
                 self.position.next_batch += 1;
-                let (losses, batch_tokens, batch_negatives) = self.batch(chunk, &mut acc)?;
+                let (losses, batch_tokens, batch_negatives, skipped) =
+                    self.batch(chunk, &mut acc)?;
+                for (record, reason) in skipped {
+                    self.skipped += 1;
+                    let _ = events.send(Event::Warning {
+                        message: format!(
+                            "record {record} skipped ({} skipped so far in this run): {reason}",
+                            self.skipped
+                        ),
+                    });
+                }
                 for (s, l) in sums.iter_mut().zip(losses) {
                     *s += l;
                 }
@@ -609,10 +811,10 @@ impl Trainer {
                     self.position.order.clear();
                     self.position.epoch += 1;
                 }
-                if acc.batches < self.config.grad_accum {
-                    if epoch_done {
-                        continue 'epochs;
-                    }
+                // The last step of an epoch takes the batches that are left, fewer than
+                // `grad_accum` if need be: a step never spans two epochs, so `epochs` means
+                // what it says.
+                if acc.batches == 0 || (acc.batches < self.config.grad_accum && !epoch_done) {
                     continue;
                 }
                 let factor =
@@ -651,12 +853,19 @@ impl Trainer {
                     eta_seconds: elapsed / done_here as f64 * (total_steps - step) as f64,
                 });
                 negatives = 0;
-                if step >= total_steps {
+                let finished = step >= total_steps;
+                let by_validation = self.config.validate_every > 0
+                    && step.is_multiple_of(self.config.validate_every);
+                let best = (finished || by_validation) && self.validate(events)?;
+                if finished {
                     break 'epochs;
                 }
-                if self.config.checkpoint_every > 0
-                    && step.is_multiple_of(self.config.checkpoint_every)
-                {
+                let by_steps = self.config.checkpoint_every > 0
+                    && step.is_multiple_of(self.config.checkpoint_every);
+                let by_time = self.config.checkpoint_minutes > 0.0
+                    && self.last_checkpoint.elapsed().as_secs_f64()
+                        >= self.config.checkpoint_minutes * 60.0;
+                if by_steps || by_time || best {
                     self.checkpoint(events)?;
                 }
                 if epoch_done {
@@ -711,21 +920,40 @@ impl Trainer {
         &mut self,
         chunk: &[usize],
         acc: &mut Accumulated,
-    ) -> anyhow::Result<([f64; 3], usize, usize)> {
+    ) -> anyhow::Result<([f64; 3], usize, usize, Vec<(i64, String)>)> {
         let negatives_config = NegativeConfig {
             ratio: self.config.negative_ratio,
             hard: self.config.hard_negatives,
         };
         let partners = data::draw_partners(chunk, &self.examples, negatives_config, &mut self.rng);
         let mut samples = Vec::with_capacity(chunk.len());
+        let mut skipped = Vec::new();
         for (&i, partner) in chunk.iter().zip(&partners) {
+            let example = &self.examples[i];
             let image_of = &self.examples[partner.unwrap_or(i)];
-            samples.push(data::build_sample(
-                &self.examples[i],
-                image_of,
-                &self.tokenizer,
-                &self.processor,
-            )?);
+            // A record the trainer cannot take is left out of the batch and named; the run goes
+            // on (prepare and project edit refuse these texts, this catches older projects and
+            // images that went missing or bad since).
+            let built = check_training_text("question", &example.question)
+                .and_then(|()| check_training_text("diagnosis", &example.answer))
+                .map_err(anyhow::Error::msg)
+                .and_then(|()| {
+                    data::build_sample(example, image_of, &self.tokenizer, &self.processor)
+                });
+            match built {
+                Ok(sample) => samples.push(sample),
+                Err(e) if partner.is_some() => skipped.push((
+                    example.record_id,
+                    format!(
+                        "as a negative with the image of record {}: {e:#}",
+                        image_of.record_id
+                    ),
+                )),
+                Err(e) => skipped.push((example.record_id, format!("{e:#}"))),
+            }
+        }
+        if samples.is_empty() {
+            return Ok(([0.0; 3], 0, 0, skipped));
         }
         let counts = Counts::of(&samples);
         let seed = self.rng.next_u64();
@@ -795,7 +1023,7 @@ impl Trainer {
         }
         acc.add_named(devices::reduce(grads, self.replicas[0].device())?)?;
         let negatives = samples.iter().filter(|s| s.negative).count();
-        Ok((raw, tokens, negatives))
+        Ok((raw, tokens, negatives, skipped))
     }
 
     /// Refuses a batch part that the first replica's device has no room for (the estimate of
@@ -833,7 +1061,9 @@ impl Trainer {
         let need = memory::step_bytes(model.config(), shape, settings);
         ensure!(
             need <= free,
-            "this batch needs about {} for its step but only {} is free ({} samples of up to {}              tokens, {} image patches on {}). Lower batch_size (now {}), use smaller images, set              recompute = true{} in the training settings, or free memory.",
+            "this batch needs about {} for its step but only {} is free ({} samples of up to {} \
+             tokens, {} image patches on {}). Lower batch_size (now {}), max_image_pixels (now \
+             {}), set recompute = true{} in the training settings, or free memory.",
             memory::gib(need),
             memory::gib(free),
             shape.samples,
@@ -841,6 +1071,7 @@ impl Trainer {
             shape.patches,
             self.devices[0],
             self.config.batch_size,
+            self.config.max_image_pixels,
             if model.storage_dtype() == candle_core::DType::F32 {
                 " or base_dtype = \"bf16\""
             } else {
@@ -850,37 +1081,11 @@ impl Trainer {
         Ok(())
     }
 
-    /// Writes `checkpoint-<step>/` atomically: the adapter in peft's layout, the heads and task
-    /// weights, and the run's state.
-    fn checkpoint(&self, events: &Sender<Event>) -> anyhow::Result<PathBuf> {
+    /// Writes `checkpoint-<step>/` durably (see [`super::checkpoint`]): the adapter in peft's
+    /// layout, the heads and task weights, the optimiser's moments and the run's state; then
+    /// keeps the newest `keep_checkpoints`.
+    fn checkpoint(&mut self, events: &Sender<Event>) -> anyhow::Result<PathBuf> {
         let step = self.opt.step;
-        let final_dir = self.out.join(format!("checkpoint-{step}"));
-        let staging = self.out.join(format!(".checkpoint-{step}.partial"));
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?;
-        }
-        std::fs::create_dir_all(&staging)
-            .with_context(|| format!("cannot create {}", staging.display()))?;
-        let first = &self.replicas[0];
-        first.lora.save_peft(
-            &staging.join("adapter"),
-            &self.model_dir.display().to_string(),
-        )?;
-        let heads: std::collections::HashMap<String, Tensor> = first
-            .heads_vars
-            .data()
-            .lock()
-            .expect("heads varmap")
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-            .collect();
-        candle_core::safetensors::save(&heads, staging.join("heads.safetensors"))?;
-        let mut moments = std::collections::HashMap::new();
-        for (name, (m, v)) in &self.opt.moments {
-            moments.insert(format!("m.{name}"), m.clone());
-            moments.insert(format!("v.{name}"), v.clone());
-        }
-        candle_core::safetensors::save(&moments, staging.join("optimizer.safetensors"))?;
         let state = serde_json::json!({
             "step": step,
             "config": self.config,
@@ -889,37 +1094,92 @@ impl Trainer {
             "position": self.position,
             // Decimal strings: JSON numbers would lose bits of a u64 in many readers.
             "rng": self.rng.state().to_string(),
+            "best": self.best,
         });
-        std::fs::write(
-            staging.join("trainer_state.json"),
-            serde_json::to_string_pretty(&state)? + "\n",
-        )?;
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir)?;
+        let protect: Vec<PathBuf> = self
+            .best
+            .iter()
+            .map(|(s, _)| self.out.join(format!("checkpoint-{s}")))
+            .collect();
+        let first = &self.replicas[0];
+        let (model_dir, opt) = (&self.model_dir, &self.opt);
+        let dir = write_checkpoint(
+            &self.out,
+            step,
+            state,
+            self.config.keep_checkpoints,
+            &protect,
+            |staging| {
+                let adapter = staging.join("adapter");
+                first
+                    .lora
+                    .save_peft(&adapter, &model_dir.display().to_string())
+                    .with_context(|| format!("cannot write {}", adapter.display()))?;
+                let heads: std::collections::HashMap<String, Tensor> = first
+                    .heads_vars
+                    .data()
+                    .lock()
+                    .expect("heads varmap")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                    .collect();
+                let path = staging.join("heads.safetensors");
+                candle_core::safetensors::save(&heads, &path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                let mut moments = std::collections::HashMap::new();
+                for (name, (m, v)) in &opt.moments {
+                    moments.insert(format!("m.{name}"), m.clone());
+                    moments.insert(format!("v.{name}"), v.clone());
+                }
+                let path = staging.join("optimizer.safetensors");
+                candle_core::safetensors::save(&moments, &path)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                Ok(())
+            },
+        )
+        .with_context(|| {
+            format!(
+                "the checkpoint at step {step} could not be written; the run's earlier \
+                 checkpoints in {} are kept",
+                self.out.display()
+            )
+        })?;
+        self.last_checkpoint = Instant::now();
+        if let Some((best_step, score)) = self.best.filter(|(s, _)| *s == step) {
+            let metric = self.config.best_metric;
+            let value = if metric == BestMetric::Loss {
+                -score
+            } else {
+                score
+            };
+            let record = serde_json::json!({
+                "step": best_step,
+                "dir": dir,
+                "metric": metric,
+                "value": value,
+            });
+            crate::data::files::write_durable_bytes(
+                &self.out.join("best.json"),
+                (serde_json::to_string_pretty(&record)? + "\n").as_bytes(),
+            )?;
         }
-        std::fs::rename(&staging, &final_dir)
-            .with_context(|| format!("cannot write {}", final_dir.display()))?;
         let _ = events.send(Event::Checkpoint {
             step,
-            dir: final_dir.clone(),
+            dir: dir.clone(),
         });
-        Ok(final_dir)
+        Ok(dir)
     }
 }
 
-/// The highest-numbered `checkpoint-<step>` folder of a run.
-pub fn latest_checkpoint(run: &Path) -> anyhow::Result<PathBuf> {
-    let mut best: Option<(usize, PathBuf)> = None;
-    for entry in std::fs::read_dir(run).with_context(|| format!("cannot read {}", run.display()))? {
-        let entry = entry?;
-        if let Some(step) = checkpoint_step(&entry.path()) {
-            if best.as_ref().is_none_or(|(s, _)| step > *s) {
-                best = Some((step, entry.path()));
-            }
-        }
-    }
-    best.map(|(_, p)| p)
-        .with_context(|| format!("{} has no checkpoint to resume from", run.display()))
+/// The image processor a run trains with: the model's, with images over `max_pixels` scaled
+/// down to fit (`max_image_pixels`).
+pub fn with_pixel_budget(
+    mut processor: ImageProcessorConfig,
+    max_pixels: u64,
+) -> ImageProcessorConfig {
+    processor.max_pixels = processor.max_pixels.min(max_pixels);
+    processor.min_pixels = processor.min_pixels.min(processor.max_pixels);
+    processor
 }
 
 /// The settings a checkpoint was trained with (its `trainer_state.json`).
@@ -931,15 +1191,6 @@ pub fn checkpoint_config(ckpt: &Path) -> anyhow::Result<TrainConfig> {
 fn config_of_state(state: &serde_json::Value, ckpt: &Path) -> anyhow::Result<TrainConfig> {
     serde_json::from_value(state["config"].clone())
         .with_context(|| format!("{}: unreadable config", ckpt.display()))
-}
-
-/// The step of a `checkpoint-<step>` folder, from its name.
-pub fn checkpoint_step(dir: &Path) -> Option<usize> {
-    dir.file_name()?
-        .to_str()?
-        .strip_prefix("checkpoint-")?
-        .parse()
-        .ok()
 }
 
 /// Sets every variable from a safetensors file that must hold exactly these names and shapes.
@@ -973,6 +1224,31 @@ fn restore(vars: &VarMap, file: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 2048 x 2048 image, which at the processor's own limit is 4,096 image tokens (about
+    /// 6.5 GB a step on the 2B model), trains at the default budget as 1,024 of them.
+    #[test]
+    fn large_images_are_scaled_to_the_pixel_budget() {
+        let img = image::RgbImage::from_pixel(2048, 2048, image::Rgb([90, 120, 200]));
+        let model = ImageProcessorConfig::qwen3_vl();
+        let tokens = |p: &ImageProcessorConfig| {
+            let out = crate::model::processor::process_image(&img, p).unwrap();
+            out.grid_thw.iter().product::<u32>() / (p.merge_size * p.merge_size)
+        };
+        assert_eq!(tokens(&model), 4096);
+        let budget = TrainConfig::default().max_image_pixels;
+        let trained = with_pixel_budget(model.clone(), budget);
+        let resized = crate::model::processor::process_image(&img, &trained)
+            .unwrap()
+            .resized;
+        assert!(u64::from(resized.0) * u64::from(resized.1) <= budget);
+        assert_eq!(tokens(&trained), 1024);
+        // Small images are untouched.
+        let small = image::RgbImage::from_pixel(512, 384, image::Rgb([1, 2, 3]));
+        let a = crate::model::processor::process_image(&small, &model).unwrap();
+        let b = crate::model::processor::process_image(&small, &trained).unwrap();
+        assert_eq!(a.grid_thw, b.grid_thw);
+    }
 
     /// A config file with an ROI loss that cannot work is refused with the setting's name.
     #[test]

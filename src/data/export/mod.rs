@@ -3,8 +3,9 @@
 //! knows, and COCO detection JSON.
 //!
 //! Every export reads one consistent snapshot of the project (another process may be editing
-//! it) and streams records to a temporary file that is renamed into place at the end, so a
-//! failed export never leaves a half-written file under the final name.
+//! it) and streams records to a temporary file in the target's folder that is flushed to disk and
+//! renamed into place at the end, so a failed export never leaves a half-written file under the
+//! final name. The target must be a regular file (or new), never one of the project's own files.
 
 pub mod llamafactory;
 pub mod media;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
-use super::files::partial_path;
+use super::files::{check_export_target, write_durable};
 use super::record::with_fields;
 use super::store::{Project, RecordFilter, Split, StoredRecord};
 pub use llamafactory::AnswerText;
@@ -86,6 +87,9 @@ pub fn export(
     out: &Path,
 ) -> anyhow::Result<ExportSummary> {
     let to_stdout = out == Path::new("-");
+    if !to_stdout {
+        check_export_target(out, project.dir())?;
+    }
     let uses_media = matches!(format, ExportFormat::SeedJson | ExportFormat::Llamafactory);
     if !uses_media && (opts.media_dir.is_some() || opts.images != ImageChoice::Original) {
         bail!("--media-dir and --images apply to --format seed-json and llamafactory");
@@ -151,7 +155,7 @@ pub fn export(
         w.flush()?;
         summary
     } else {
-        write_file(out, |w| {
+        write_durable(out, |w| {
             write_export(project, format, opts, media.as_mut(), w)
         })?
     };
@@ -167,35 +171,6 @@ pub fn export(
     }
     summary.dataset_name = dataset_name;
     Ok(summary)
-}
-
-/// Writes through a temporary file renamed to `out` once `write` succeeded.
-fn write_file(
-    out: &Path,
-    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<ExportSummary>,
-) -> anyhow::Result<ExportSummary> {
-    let tmp = partial_path(out);
-    let file =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let summary = write(&mut w)
-        .and_then(|s| {
-            w.flush()?;
-            Ok(s)
-        })
-        .with_context(|| format!("cannot write {}", tmp.display()));
-    drop(w);
-    match summary {
-        Ok(s) => {
-            std::fs::rename(&tmp, out)
-                .with_context(|| format!("cannot write {}", out.display()))?;
-            Ok(s)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
 }
 
 /// Writes the export to any writer; `media` (seed-json and llamafactory) places the images.

@@ -81,6 +81,18 @@ impl Project {
         if !exists {
             bail!("no record {record_id} in the project");
         }
+        let diagnosis = match edit {
+            Edit::SetDiagnosis { text } => Some(text.as_str()),
+            Edit::SetField {
+                name,
+                value: Some(Value::String(text)),
+            } if *name == diagnosis_field => Some(text.as_str()),
+            _ => None,
+        };
+        if let Some(text) = diagnosis {
+            crate::data::record::check_training_text("diagnosis", text)
+                .map_err(|e| anyhow::anyhow!("record {record_id}: {e}; the edit is refused"))?;
+        }
         let (kind, target) = edit.kind_target();
         let before = read_state(&tx, record_id, kind, &target)?;
         let now: String =
