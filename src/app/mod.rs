@@ -809,10 +809,15 @@ impl Workbench {
         egui::CentralPanel::default().show(ui, |ui| {
             self.toolbar_ui(ui);
             let (Some(record), Some(project)) = (&self.record, &self.project) else {
+                let opening = self
+                    .opening
+                    .as_ref()
+                    .map(|o| format!("Opening {}: {}…", o.dir.display(), o.describe()));
                 ui.centered_and_justified(|ui| {
-                    ui.label(
-                        "Open a project: File > Open project, or File > Open the sample project.",
-                    );
+                    ui.label(opening.unwrap_or_else(|| {
+                        "Open a project: File > Open project, or File > Open the sample project."
+                            .into()
+                    }));
                 });
                 return;
             };
