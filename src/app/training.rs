@@ -561,7 +561,7 @@ impl TrainingPanel {
         egui::CentralPanel::default().show(ui, |ui| self.plots_ui(ui, smoothing));
     }
 
-    fn settings_ui(&mut self, ui: &mut Ui, project: Option<&Path>, model_folder: &mut String) {
+    fn settings_ui(&mut self, ui: &mut Ui, project: Option<&Path>, model_folder: &str) {
         ui.heading("Training");
         let busy = self.busy();
         // The model folder (Browse, check, demo model) is the row above the tab: model_folder.rs.
