@@ -21,8 +21,15 @@
 //!
 //! ```sh
 //! cargo run --release --example workbench_flip -- PROJECT [--frames N] [--unpaced]
-//!     [--raster | --no-gpu]
+//!     [--raster | --no-gpu] [--suite]
 //! ```
+//!
+//! With `--suite` (for a large project, e.g. 160,000 records, issue 24) the run goes through the
+//! phases a user does, 60 frames a second, each timed as above: opening the project (File >
+//! Open: read on a worker, the window drawing meanwhile), flipping (J) in id order and sorted by
+//! diagnosis, wheel-scrolling the list, typing a search one character a frame and erasing it,
+//! changing the status filter and the sort order. For the filter and sort changes it also gives
+//! how long until the list showed the new order (computed on a worker).
 //!
 //! Each frame is timed by the clock (its parts as above) and by the UI thread's own time on a
 //! CPU (CLOCK_THREAD_CPUTIME_ID), which leaves out the time it waited for a core that
@@ -55,6 +62,7 @@ fn main() -> anyhow::Result<()> {
     let mut paced = true;
     let mut gpu = true;
     let mut raster = false;
+    let mut suite = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -62,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             "--unpaced" => paced = false,
             "--no-gpu" => gpu = false,
             "--raster" => raster = true,
+            "--suite" => suite = true,
             _ if project.is_none() => project = Some(PathBuf::from(a)),
             _ => anyhow::bail!("unexpected argument {a}"),
         }
@@ -73,6 +82,9 @@ fn main() -> anyhow::Result<()> {
         )
     })?;
 
+    if suite {
+        return run_suite(&project, gpu, raster, frames.unwrap_or(600));
+    }
     let started = Instant::now();
     let mut wb = Workbench::new(Settings::default());
     wb.open_project(&project);
@@ -113,7 +125,7 @@ fn main() -> anyhow::Result<()> {
     // Settle: the first frames install fonts and the first image arrives.
     let settle = Instant::now();
     while !h.state().images.idle() && settle.elapsed() < Duration::from_secs(10) {
-        frame(&mut h, gpu.as_ref(), &upload_time, None);
+        frame(&mut h, gpu.as_ref(), &upload_time, Vec::new());
         std::thread::sleep(Duration::from_millis(16));
     }
 
@@ -123,7 +135,12 @@ fn main() -> anyhow::Result<()> {
     let mut peak_textures = 0usize;
     let run = Instant::now();
     for i in 0..frames {
-        times.push(frame(&mut h, gpu.as_ref(), &upload_time, Some(Key::J)));
+        times.push(frame(
+            &mut h,
+            gpu.as_ref(),
+            &upload_time,
+            key_events(Key::J),
+        ));
         let s = h.state().images.stats();
         peak.full = peak.full.max(s.full);
         peak.thumbs = peak.thumbs.max(s.thumbs);
@@ -143,14 +160,14 @@ fn main() -> anyhow::Result<()> {
     // After the last flip: how long until the current image is on screen.
     let stop = Instant::now();
     while !current_ready(h.state()) && stop.elapsed() < Duration::from_secs(10) {
-        frame(&mut h, gpu.as_ref(), &upload_time, None);
+        frame(&mut h, gpu.as_ref(), &upload_time, Vec::new());
         std::thread::sleep(Duration::from_millis(5));
     }
     let settled = stop.elapsed();
     // And once the decoders are done: nothing is left queued or half-loaded.
     let idle = Instant::now();
     while !h.state().images.idle() && idle.elapsed() < Duration::from_secs(30) {
-        frame(&mut h, gpu.as_ref(), &upload_time, None);
+        frame(&mut h, gpu.as_ref(), &upload_time, Vec::new());
         std::thread::sleep(Duration::from_millis(16));
     }
     let end = h.state().images.stats();
@@ -247,24 +264,27 @@ impl FrameTime {
     }
 }
 
-/// Runs one frame, pressing `key` in it; its time by part.
+/// A press and release of `key`.
+fn key_events(key: Key) -> Vec<Event> {
+    [true, false]
+        .map(|pressed| Event::Key {
+            key,
+            physical_key: None,
+            pressed,
+            repeat: false,
+            modifiers: Modifiers::NONE,
+        })
+        .to_vec()
+}
+
+/// Runs one frame with `events` as its input; its time by part.
 fn frame(
     h: &mut Harness<'static, Workbench>,
     gpu: Option<&Gpu>,
     upload_time: &Rc<Cell<Duration>>,
-    key: Option<Key>,
+    events: Vec<Event>,
 ) -> FrameTime {
-    if let Some(key) = key {
-        for pressed in [true, false] {
-            h.input_mut().events.push(Event::Key {
-                key,
-                physical_key: None,
-                pressed,
-                repeat: false,
-                modifiers: Modifiers::NONE,
-            });
-        }
-    }
+    h.input_mut().events.extend(events);
     upload_time.set(Duration::ZERO);
     let cpu_start = thread_cpu();
     let t = Instant::now();
@@ -299,6 +319,254 @@ fn thread_cpu() -> Duration {
     } else {
         Duration::ZERO
     }
+}
+
+/// One phase of `--suite`: what each frame's input is, and what changes before it.
+enum Phase {
+    /// Key presses, one a frame.
+    Keys(Key),
+    /// The mouse wheel over the list, one notch a frame.
+    Scroll,
+    /// Text typed into the search field one character a frame, then erased.
+    Search(&'static str),
+    /// The status filter set to the next value every `every` frames.
+    StatusFilter { every: usize },
+    /// The sort order set to the next one every `every` frames.
+    Sort { every: usize },
+}
+
+/// `--suite`: the phases in the module doc, 60 frames a second, on a project opened through the
+/// window's own File > Open path (a worker thread).
+fn run_suite(
+    project: &std::path::Path,
+    gpu: bool,
+    raster: bool,
+    frames: usize,
+) -> anyhow::Result<()> {
+    use egui::accesskit::Role;
+    use egui_kittest::kittest::Queryable;
+    use roiscope::app::browser::SortBy;
+    use roiscope::data::store::ReviewStatus;
+
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "{} cores, load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let gpu = if gpu { Some(Gpu::new(raster)?) } else { None };
+    let upload_time = Rc::new(Cell::new(Duration::ZERO));
+    let mut builder = Harness::builder().with_size(Vec2::from(WINDOW));
+    if let Some(g) = &gpu {
+        builder = builder.renderer(Upload {
+            state: g.state.clone(),
+            spent: upload_time.clone(),
+        });
+    }
+    let mut h = builder.build_ui_state(
+        |ui, wb: &mut Workbench| wb.ui(ui),
+        Workbench::new(Settings::default()),
+    );
+    let pace = Duration::from_secs_f64(1.0 / 60.0);
+    let mut over_all = 0;
+    let mut report = |name: &str, times: &[FrameTime], extra: String| {
+        let cpu: Vec<Duration> = times.iter().map(FrameTime::cpu).collect();
+        let on_cpu: Vec<Duration> = times.iter().map(|t| t.on_cpu).collect();
+        let over = cpu.iter().filter(|t| **t > BUDGET).count();
+        let over_on_cpu = on_cpu.iter().filter(|t| **t > BUDGET).count();
+        over_all += over_on_cpu;
+        println!("{name}: {} frames{extra}", times.len());
+        println!("  frame CPU  {}", summary(cpu));
+        println!("  on-CPU     {}", summary(on_cpu));
+        println!(
+            "  over {} ms: {over} by the clock, {over_on_cpu} on the CPU",
+            BUDGET.as_millis()
+        );
+    };
+
+    // Open: File > Open's command, frames at 60 Hz until the project is read and listed.
+    let open_start = Instant::now();
+    h.state_mut()
+        .commands
+        .push(roiscope::app::Command::OpenProject(project.to_path_buf()));
+    let mut times = Vec::new();
+    loop {
+        let t = Instant::now();
+        times.push(frame(&mut h, gpu.as_ref(), &upload_time, Vec::new()));
+        let wb = h.state();
+        let listed = wb.project.is_some()
+            && wb.opening.is_none()
+            && wb.browser.view.is_current(
+                &wb.browser.filters,
+                wb.browser.sort,
+                wb.rows_generation(),
+            );
+        if listed || open_start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(pace.saturating_sub(t.elapsed()));
+    }
+    let records = h.state().rows.len();
+    anyhow::ensure!(
+        records > 0,
+        "the project did not open: {:?}",
+        h.state().message
+    );
+    report(
+        "open (File > Open, read on a worker)",
+        &times,
+        format!(
+            ", {records} records read and listed in {:.2} s",
+            open_start.elapsed().as_secs_f64()
+        ),
+    );
+
+    let phases: Vec<(String, Phase, Option<SortBy>, usize)> = vec![
+        (
+            "flip (J), by id".into(),
+            Phase::Keys(Key::J),
+            Some(SortBy::Id),
+            frames,
+        ),
+        (
+            "flip (J), sorted by diagnosis".into(),
+            Phase::Keys(Key::J),
+            Some(SortBy::Diagnosis),
+            frames,
+        ),
+        (
+            "wheel-scroll the list, sorted by diagnosis".into(),
+            Phase::Scroll,
+            None,
+            frames,
+        ),
+        (
+            "type a search, one character a frame, then erase it".into(),
+            Phase::Search("finding 1234"),
+            None,
+            24,
+        ),
+        (
+            "status filter changed every 30 frames".into(),
+            Phase::StatusFilter { every: 30 },
+            None,
+            300,
+        ),
+        (
+            "sort changed every 30 frames".into(),
+            Phase::Sort { every: 30 },
+            None,
+            240,
+        ),
+    ];
+    for (name, phase, sort, n) in phases {
+        if let Some(sort) = sort {
+            h.state_mut().browser.sort = sort;
+            // Settle: the new order computed before the phase starts.
+            let settle = Instant::now();
+            loop {
+                frame(&mut h, gpu.as_ref(), &upload_time, Vec::new());
+                let wb = h.state();
+                if wb.browser.view.is_current(
+                    &wb.browser.filters,
+                    wb.browser.sort,
+                    wb.rows_generation(),
+                ) || settle.elapsed() > Duration::from_secs(30)
+                {
+                    break;
+                }
+                std::thread::sleep(pace);
+            }
+        }
+        let list = egui::pos2(150.0, 500.0);
+        if let Phase::Search(_) = phase {
+            h.get_by_role_and_label(Role::TextInput, "Search").focus();
+            frame(&mut h, gpu.as_ref(), &upload_time, Vec::new());
+        }
+        let mut times = Vec::new();
+        // For filter and sort changes: frames from each change until the list was current.
+        let mut latencies = Vec::new();
+        let mut changed_at: Option<Instant> = None;
+        let run = Instant::now();
+        let statuses: Vec<Option<ReviewStatus>> = std::iter::once(None)
+            .chain(ReviewStatus::ALL.map(Some))
+            .collect();
+        let sorts = SortBy::ALL.map(|(s, _)| s);
+        for i in 0..n {
+            let events = match &phase {
+                Phase::Keys(k) => key_events(*k),
+                Phase::Scroll => vec![
+                    Event::PointerMoved(list),
+                    Event::MouseWheel {
+                        unit: egui::MouseWheelUnit::Line,
+                        delta: Vec2::new(0.0, -3.0),
+                        modifiers: Modifiers::NONE,
+                        phase: egui::TouchPhase::Move,
+                        source: egui::MouseWheelSource::Unknown,
+                    },
+                ],
+                Phase::Search(text) => {
+                    let half = n / 2;
+                    if i < half {
+                        text.chars()
+                            .nth(i)
+                            .map(|c| vec![Event::Text(c.to_string())])
+                            .unwrap_or_default()
+                    } else {
+                        key_events(Key::Backspace)
+                    }
+                }
+                Phase::StatusFilter { every } => {
+                    if i % every == 0 {
+                        h.state_mut().browser.filters.status =
+                            statuses[(i / every + 1) % statuses.len()];
+                        changed_at = Some(Instant::now());
+                    }
+                    Vec::new()
+                }
+                Phase::Sort { every } => {
+                    if i % every == 0 {
+                        h.state_mut().browser.sort = sorts[(i / every + 1) % sorts.len()];
+                        changed_at = Some(Instant::now());
+                    }
+                    Vec::new()
+                }
+            };
+            times.push(frame(&mut h, gpu.as_ref(), &upload_time, events));
+            let wb = h.state();
+            if changed_at.is_some()
+                && wb.browser.view.is_current(
+                    &wb.browser.filters,
+                    wb.browser.sort,
+                    wb.rows_generation(),
+                )
+            {
+                latencies.push(changed_at.take().unwrap().elapsed());
+            }
+            let next = pace * (i as u32 + 1);
+            if let Some(rest) = next.checked_sub(run.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        let extra = if latencies.is_empty() {
+            String::new()
+        } else {
+            format!("; the new list on screen after: {}", summary(latencies))
+        };
+        report(&name, &times, extra);
+        if let Phase::Search(_) = phase {
+            h.key_press(Key::Escape);
+            h.state_mut().browser.filters.text.clear();
+        }
+    }
+    h.state_mut().browser.filters = Default::default();
+    if over_all > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn current_ready(wb: &Workbench) -> bool {

@@ -52,7 +52,7 @@ fn select_where(
         .state()
         .rows
         .iter()
-        .position(pick)
+        .position(|r| pick(r))
         .expect("a matching record");
     h.state_mut()
         .commands
@@ -226,10 +226,9 @@ fn switch_records_edit_a_field_and_review() {
         .as_str()
         .unwrap()
         .to_string();
-    h.get_by_role_and_label(Role::MultilineTextInput, "Modality")
-        .focus();
+    h.get_by_role_and_label(Role::TextInput, "Modality").focus();
     h.run_steps(3);
-    h.get_by_role_and_label(Role::MultilineTextInput, "Modality")
+    h.get_by_role_and_label(Role::TextInput, "Modality")
         .type_text(" 复核");
     h.run_steps(3);
     h.key_press(Key::Escape);
@@ -407,7 +406,11 @@ fn a_missing_project_is_a_message_not_a_crash() {
         .push(roiscope::app::Command::OpenProject(
             tmp.path().join("nowhere"),
         ));
-    h.run_steps(2);
+    // Opened on a worker thread: the answer comes a few frames later.
+    h.step();
+    step_until(&mut h, "the answer", Duration::from_secs(30), |wb| {
+        wb.opening.is_none() && wb.message.is_some()
+    });
     let (msg, error) = h.state().message.clone().unwrap();
     assert!(error && msg.contains("not a roiscope project"), "{msg}");
     // The open project stays usable.
@@ -464,6 +467,9 @@ fn open_project_falls_back_to_the_typed_path_without_a_dialog_service() {
     h.run_steps(2);
     h.get_by_label("Open").click();
     h.run_steps(3);
+    step_until(&mut h, "the project read", Duration::from_secs(30), |wb| {
+        wb.opening.is_none()
+    });
     let dir = h.state().project.as_ref().map(|p| p.dir().to_path_buf());
     assert_eq!(dir.as_deref(), Some(other.as_path()));
 }

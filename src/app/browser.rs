@@ -3,11 +3,12 @@
 use egui::{Color32, RichText, Sense, Ui, Vec2};
 
 use super::images::{ImageCache, ImageKey, Slot, THUMB_SIZE};
+use super::view::{sort_all, Rows, View};
 use super::Command;
 use crate::data::store::{BoxSource, ReviewStatus, Split, StoredRecord};
 
 /// What the list shows of one record; rebuilt from the store after every edit to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub id: i64,
     pub image: String,
@@ -68,6 +69,20 @@ pub struct Filters {
 
 impl Filters {
     pub fn matches(&self, r: &Row) -> bool {
+        self.matches_words(r, &self.words())
+    }
+
+    /// The search text's words, lower case (each must be in a row's text).
+    pub fn words(&self) -> Vec<String> {
+        self.text
+            .to_lowercase()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// [`Filters::matches`] with the search words prepared once for many rows.
+    pub fn matches_words(&self, r: &Row, words: &[String]) -> bool {
         self.status.is_none_or(|s| s == r.status)
             && self.split.is_none_or(|s| Some(s) == r.split)
             && match self.boxes {
@@ -75,12 +90,7 @@ impl Filters {
                 BoxFilter::With => r.has_box,
                 BoxFilter::Without => !r.has_box,
             }
-            && (self.text.trim().is_empty()
-                || self
-                    .text
-                    .to_lowercase()
-                    .split_whitespace()
-                    .all(|w| r.haystack.contains(w)))
+            && words.iter().all(|w| r.haystack.contains(w.as_str()))
     }
 }
 
@@ -113,37 +123,63 @@ impl SortBy {
 pub struct Browser {
     pub filters: Filters,
     pub sort: SortBy,
-    /// A row (index into the rows) to bring into view on the next frame, after the keyboard
-    /// moved the selection.
+    /// A row (index into the rows) to bring into view once the list shows it, after the
+    /// keyboard moved the selection, a project opened or the filters changed.
     pub scroll_to: Option<usize>,
+    /// The list as shown, computed off the frame (see [`View`]).
+    pub view: View,
+    /// The "Go to #" field's text.
+    pub goto: String,
+    /// Ctrl+G: put the keyboard in the "Go to #" field on the next frame.
+    pub focus_goto: bool,
 }
 
 impl Browser {
-    /// Indices into `rows` that pass the filters.
-    /// Indices into `rows` that pass the filters, in the chosen order (ties by id).
-    pub fn visible(&self, rows: &[Row]) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..rows.len())
-            .filter(|&i| self.filters.matches(&rows[i]))
-            .collect();
-        match self.sort {
-            SortBy::Id => {}
-            SortBy::Image => v.sort_by(|&a, &b| rows[a].image.cmp(&rows[b].image)),
-            SortBy::Status => {
-                v.sort_by_key(|&i| ReviewStatus::ALL.iter().position(|s| *s == rows[i].status))
-            }
-            SortBy::Diagnosis => v.sort_by(|&a, &b| rows[a].diagnosis.cmp(&rows[b].diagnosis)),
-        }
-        v
+    /// Indices into `rows` that pass the filters, in the chosen order (ties by id), computed
+    /// now; the list on screen is [`Browser::view`]'s, the same computed off the frame.
+    pub fn visible(&self, rows: &Rows) -> Vec<usize> {
+        let words = self.filters.words();
+        sort_all(rows, self.sort)
+            .into_iter()
+            .map(|i| i as usize)
+            .filter(|&i| self.filters.matches_words(&rows[i], &words))
+            .collect()
     }
 
     pub fn ui(
         &mut self,
         ui: &mut Ui,
-        rows: &[Row],
+        rows: &Rows,
         current: Option<usize>,
         images: &mut ImageCache,
         commands: &mut Vec<Command>,
     ) {
+        ui.horizontal(|ui| {
+            let label = ui.label("Go to #");
+            let r = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.goto)
+                        .id_salt("browser-goto")
+                        .hint_text("id")
+                        .desired_width(90.0),
+                )
+                .labelled_by(label.id)
+                .on_hover_text("Type a record id and press Enter to show that record (Ctrl+G)");
+            if std::mem::take(&mut self.focus_goto) {
+                r.request_focus();
+            }
+            if r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
+                let text = self.goto.trim().trim_start_matches('#');
+                match text.parse::<i64>() {
+                    Ok(id) => commands.push(Command::GoTo(id)),
+                    Err(_) if text.is_empty() => {}
+                    Err(_) => commands.push(Command::Message(format!(
+                        "\"{}\" is not a record id: type the number after # in the list",
+                        self.goto.trim()
+                    ))),
+                }
+            }
+        });
         let f = &mut self.filters;
         ui.horizontal(|ui| {
             let label = ui.label("Search");
@@ -199,35 +235,41 @@ impl Browser {
                 .response
                 .on_hover_text("Order of the list (PageDown/PageUp follow it)");
         });
-        let visible = self.visible(rows);
-        let count = |s: ReviewStatus| rows.iter().filter(|r| r.status == s).count();
+        let visible = self.view.order();
+        let [unreviewed, accepted, rejected, needs_fix] = self.view.counts();
         ui.label(
             RichText::new(format!(
-                "{} of {} shown · {} unreviewed · {} accepted · {} rejected · {} needs-fix",
+                "{} of {} shown · {unreviewed} unreviewed · {accepted} accepted · {rejected} \
+                 rejected · {needs_fix} needs-fix{}",
                 visible.len(),
                 rows.len(),
-                count(ReviewStatus::Unreviewed),
-                count(ReviewStatus::Accepted),
-                count(ReviewStatus::Rejected),
-                count(ReviewStatus::NeedsFix)
+                if self.view.busy() {
+                    " · updating…"
+                } else {
+                    ""
+                }
             ))
             .small(),
         );
         ui.separator();
         let row_height = THUMB_SIZE as f32 * 0.75 + 8.0;
         let mut area = egui::ScrollArea::vertical().auto_shrink([false, false]);
-        if let Some(pos) = self
-            .scroll_to
-            .take()
-            .and_then(|r| visible.iter().position(|&v| v == r))
-        {
+        // Only once the list is current: a list still being computed has the old order.
+        let pos = match self.scroll_to {
+            Some(r) if !self.view.busy() => {
+                self.scroll_to = None;
+                visible.iter().position(|&v| v == r)
+            }
+            _ => None,
+        };
+        if let Some(pos) = pos {
             // Rows are laid out at a fixed pitch; keep a few rows above the selected one.
             let pitch = row_height + ui.spacing().item_spacing.y;
             area = area.vertical_scroll_offset((pos as f32 - 3.0).max(0.0) * pitch);
         }
         area.show_rows(ui, row_height, visible.len(), |ui, range| {
             for &i in &visible[range] {
-                let row = &rows[i];
+                let Some(row) = rows.get(i) else { continue };
                 let selected = current == Some(i);
                 ui.horizontal(|ui| {
                     ui.set_min_height(row_height - 4.0);

@@ -163,10 +163,8 @@ impl Canvas {
     /// Draws the canvas; returns the corrected box a finished drag set (normalised).
     pub fn ui(&mut self, ui: &mut Ui, input: &CanvasInput) -> Option<[f64; 4]> {
         let (rect, response) = ui.allocate_exact_size(ui.available_size(), Sense::click_and_drag());
-        let response = response.on_hover_text(
-            "Drag: draw a box, move it or pull a handle. Wheel: zoom at the cursor. \
-             Middle drag or Space+drag: pan. Right drag: window/level (grey images).",
-        );
+        // No tooltip: one would cover the toolbar whenever the pointer rests on the image. The
+        // same help is the line at the canvas's bottom while the pointer is over it.
         self.rect = rect;
         let painter = ui.painter_at(rect);
         painter.rect_filled(rect, 0.0, Color32::from_gray(20));
@@ -244,10 +242,19 @@ impl Canvas {
             .or(input.corrected.map(to_px))
             .or(input.detected.map(to_px));
 
-        // Overlays, bottom to top: detected, predicted, corrected (the one being edited).
+        // Overlays, bottom to top: detected, predicted, corrected (the one being edited). Their
+        // labels never overprint: one that would is moved up a line.
+        let mut labels = Vec::new();
         if input.layers.detected {
             if let Some(b) = input.detected {
-                self.draw_box(&painter, to_px(b), DETECTED_COLOUR, "detected", false);
+                self.draw_box(
+                    &painter,
+                    to_px(b),
+                    DETECTED_COLOUR,
+                    "detected",
+                    false,
+                    &mut labels,
+                );
             }
         }
         if input.layers.predicted {
@@ -256,13 +263,27 @@ impl Canvas {
                     Some(s) => format!("predicted {s:.2}"),
                     None => "predicted".into(),
                 };
-                self.draw_box(&painter, to_px(b), PREDICTED_COLOUR, &label, false);
+                self.draw_box(
+                    &painter,
+                    to_px(b),
+                    PREDICTED_COLOUR,
+                    &label,
+                    false,
+                    &mut labels,
+                );
             }
         }
         let shown_corrected = self.draft.or(input.corrected.map(to_px));
         if input.layers.corrected {
             if let Some(b) = shown_corrected {
-                self.draw_box(&painter, b, CORRECTED_COLOUR, "corrected", true);
+                self.draw_box(
+                    &painter,
+                    b,
+                    CORRECTED_COLOUR,
+                    "corrected",
+                    true,
+                    &mut labels,
+                );
             }
         }
 
@@ -273,7 +294,8 @@ impl Canvas {
                 rect.left_bottom() + Vec2::new(6.0, -6.0),
                 Align2::LEFT_BOTTOM,
                 format!(
-                    "x {:.0}  y {:.0}   zoom {:.0}%",
+                    "x {:.0}  y {:.0}   zoom {:.0}%   drag: box · wheel: zoom · middle or \
+                     Space+drag: pan · right drag: window/level",
                     p[0],
                     p[1],
                     self.zoom * ui.ctx().pixels_per_point() * 100.0
@@ -512,6 +534,8 @@ impl Canvas {
         }
     }
 
+    /// Draws a box and its label above its top-left corner, or higher where that would overlap
+    /// a label already drawn (`labels`, which gets this one).
     fn draw_box(
         &self,
         painter: &egui::Painter,
@@ -519,16 +543,25 @@ impl Canvas {
         colour: Color32,
         label: &str,
         handles: bool,
+        labels: &mut Vec<Rect>,
     ) {
         let r = Rect::from_min_max(self.to_screen([b[0], b[1]]), self.to_screen([b[2], b[3]]));
         painter.rect_stroke(r, 0.0, Stroke::new(2.0, colour), StrokeKind::Outside);
-        painter.text(
-            r.left_top() + Vec2::new(0.0, -3.0),
-            Align2::LEFT_BOTTOM,
-            label,
-            FontId::proportional(13.0),
-            colour,
-        );
+        let galley = painter.layout_no_wrap(label.to_string(), FontId::proportional(13.0), colour);
+        let size = galley.size();
+        let mut bottom_left = r.left_top() + Vec2::new(0.0, -3.0);
+        for _ in 0..labels.len() {
+            let at = Rect::from_min_size(bottom_left - Vec2::new(0.0, size.y), size);
+            match labels.iter().find(|l| l.expand(1.0).intersects(at)) {
+                Some(l) => bottom_left.y = l.top() - 1.0,
+                None => break,
+            }
+        }
+        let at = Rect::from_min_size(bottom_left - Vec2::new(0.0, size.y), size);
+        // A dark backing so a label stays readable over a bright image.
+        painter.rect_filled(at.expand(1.0), 2.0, Color32::from_black_alpha(140));
+        painter.galley(at.min, galley, colour);
+        labels.push(at);
         if handles {
             for p in handle_points(r) {
                 painter.rect_filled(Rect::from_center_size(p, Vec2::splat(7.0)), 1.0, colour);

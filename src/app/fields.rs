@@ -1,5 +1,9 @@
 //! The structured fields editor and the review actions. A field is saved to the store when its
-//! editor loses focus (one edit per change, not per keystroke), and before the record changes.
+//! editor loses focus or on Enter (one edit per change, not per keystroke), on Ctrl+S, before
+//! the record changes and when the window closes. Single-line fields are single-line editors;
+//! in the diagnosis (and any field whose text has several lines) Shift+Enter starts a new line.
+//! Trailing whitespace is not saved: an Enter or a stray space at the end never becomes part of
+//! the training text.
 
 use std::collections::BTreeMap;
 
@@ -27,17 +31,34 @@ fn text_of(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
+/// Enter with no Shift, Ctrl or Alt (egui's logical key matching would take Shift+Enter too).
+fn plain_enter(e: &egui::Event) -> bool {
+    matches!(
+        e,
+        egui::Event::Key {
+            key: egui::Key::Enter,
+            pressed: true,
+            modifiers,
+            ..
+        } if !modifiers.shift && !modifiers.alt && !modifiers.command && !modifiers.ctrl
+    )
+}
+
 impl FieldsPanel {
-    /// The edits that unsaved buffers hold for `record`; empties them.
-    pub fn flush(&mut self, record: &StoredRecord) -> Vec<Edit> {
+    /// The edits that unsaved buffers hold for `record` (the texts with trailing whitespace
+    /// removed; a buffer that differs from the stored text only there is no edit).
+    pub fn flush(&self, record: &StoredRecord) -> Vec<Edit> {
         let mut edits = Vec::new();
         if self.record != Some(record.id) {
             return edits;
         }
         for (name, text) in &self.buffers {
+            let text = text.trim_end();
             if name == PLAIN {
-                if record.fields.is_none() && *text != record.diagnosis {
-                    edits.push(Edit::SetDiagnosis { text: text.clone() });
+                if record.fields.is_none() && text != record.diagnosis.trim_end() {
+                    edits.push(Edit::SetDiagnosis {
+                        text: text.to_string(),
+                    });
                 }
                 continue;
             }
@@ -46,10 +67,10 @@ impl FieldsPanel {
                 .as_ref()
                 .and_then(|f| f.get(name))
                 .map(text_of);
-            if old.as_deref() != Some(text.as_str()) {
+            if old.as_deref().map(str::trim_end) != Some(text) {
                 edits.push(Edit::SetField {
                     name: name.clone(),
-                    value: Some(Value::String(text.clone())),
+                    value: Some(Value::String(text.to_string())),
                 });
             }
         }
@@ -183,18 +204,41 @@ impl FieldsPanel {
                     let Some(buffer) = self.buffers.get_mut(&name) else {
                         continue;
                     };
-                    let mut edit = egui::TextEdit::multiline(buffer)
-                        .desired_rows(if is_diag { 3 } else { 1 })
-                        .desired_width(f32::INFINITY);
+                    let multiline = is_diag || buffer.contains('\n');
+                    let mut edit = if multiline {
+                        egui::TextEdit::multiline(buffer)
+                            .desired_rows(if is_diag { 3 } else { 2 })
+                            // Enter saves (below); Shift+Enter is the new line.
+                            .return_key(egui::KeyboardShortcut::new(
+                                egui::Modifiers::SHIFT,
+                                egui::Key::Enter,
+                            ))
+                    } else {
+                        egui::TextEdit::singleline(buffer)
+                    }
+                    .desired_width(f32::INFINITY);
                     if is_diag {
                         edit = edit.background_color(Color32::from_rgb(60, 50, 20));
                     }
-                    let response = ui.add(edit).labelled_by(label.id).on_hover_text(if is_diag {
-                    "The diagnosis the model learns to write; saved when you leave the field"
-                } else {
-                    "Saved to the project when you leave the field"
-                });
-                    if response.lost_focus() {
+                    let response = ui
+                        .add(edit)
+                        .labelled_by(label.id)
+                        .on_hover_text(if is_diag {
+                            "The diagnosis the model learns to write; Enter saves it, Shift+Enter \
+                         starts a new line"
+                        } else if multiline {
+                            "Enter saves it, Shift+Enter starts a new line; also saved when you \
+                         leave the field"
+                        } else {
+                            "Enter saves it; also saved when you leave the field"
+                        });
+                    if multiline
+                        && response.has_focus()
+                        && ui.input(|i| i.events.iter().any(plain_enter))
+                    {
+                        response.surrender_focus();
+                        commands.push(Command::FlushFields);
+                    } else if response.lost_focus() {
                         commands.push(Command::FlushFields);
                     }
                 }

@@ -13,6 +13,7 @@ pub enum Target {
     NewRecords,
     NewImages,
     NewProject,
+    ModelFolder,
 }
 
 impl Target {
@@ -22,6 +23,7 @@ impl Target {
             Target::NewRecords => "Records to import (raw_data.json or JSON lines)",
             Target::NewImages => "Images folder (the data root of the records)",
             Target::NewProject => "Folder for the new project",
+            Target::ModelFolder => "Model folder (config.json, model.safetensors, tokenizer.json)",
         }
     }
 }

@@ -5,6 +5,12 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("PageDown / J", "next record"),
     ("PageUp / K", "previous record"),
     ("N", "next unreviewed record"),
+    ("Ctrl+G", "go to a record by its id (#N)"),
+    (
+        "Enter / Shift+Enter",
+        "in a field: save it / in a multi-line field: a new line",
+    ),
+    ("Ctrl+S", "save the field being edited"),
     ("A / R / F", "accept / reject / needs fix"),
     ("Ctrl+Z", "undo"),
     ("Ctrl+Shift+Z or Ctrl+Y", "redo"),

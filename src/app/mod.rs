@@ -13,13 +13,19 @@ pub mod file_dialog;
 pub mod fonts;
 pub mod help;
 pub mod images;
+pub mod model_folder;
 pub mod new_project;
+pub mod open;
 pub mod predict;
 pub mod sample;
 pub mod settings;
 pub mod shortcuts;
 pub mod thin;
 pub mod training;
+pub mod view;
+pub mod window;
+
+pub use window::run;
 
 use std::path::{Path, PathBuf};
 
@@ -31,9 +37,14 @@ use canvas::{Canvas, CanvasInput, WINDOW_PRESETS};
 use fields::FieldsPanel;
 use file_dialog::{FileDialogs, Picked, Target};
 use images::{ImageCache, ImageKey};
+use open::Opening;
 use predict::PredictPanel;
-use settings::{Settings, STORAGE_KEY};
+use settings::Settings;
 use training::TrainingPanel;
+use view::{Refreshed, Rows};
+
+/// The size of small text (status lines, notes), in points.
+pub const SMALL_TEXT: f32 = 12.0;
 
 /// Who the store records as the author of workbench edits.
 pub fn editor_name() -> String {
@@ -48,6 +59,14 @@ pub enum Command {
     OpenSample,
     /// Select the row at this index of the full list.
     Select(usize),
+    /// Show the record with this id ("Go to #").
+    GoTo(i64),
+    /// Put this line in the status bar.
+    Message(String),
+    /// Ctrl+S: save the field being edited.
+    Save,
+    /// Ctrl+G: the keyboard to the "Go to #" field.
+    FocusGoTo,
     /// Move by this many rows in the filtered list.
     Step(i32),
     NextUnreviewed,
@@ -80,7 +99,12 @@ pub enum Tab {
 pub struct Workbench {
     pub settings: Settings,
     pub project: Option<Project>,
-    pub rows: Vec<Row>,
+    /// Every record of the project, in id order.
+    pub rows: Rows,
+    /// Bumped whenever `rows` are replaced or one changes what the list shows of it.
+    rows_generation: u64,
+    /// A project being read on a worker thread (File > Open).
+    pub opening: Option<Opening>,
     /// Index into `rows`.
     pub current: Option<usize>,
     pub record: Option<StoredRecord>,
@@ -89,6 +113,7 @@ pub struct Workbench {
     pub browser: Browser,
     pub fields: FieldsPanel,
     pub training: TrainingPanel,
+    pub model_folder: model_folder::ModelFolderPanel,
     pub predict: PredictPanel,
     pub commands: Vec<Command>,
     pub tab: Tab,
@@ -110,6 +135,8 @@ impl Workbench {
             settings,
             project: None,
             rows: Vec::new(),
+            rows_generation: 0,
+            opening: None,
             current: None,
             record: None,
             images: ImageCache::new(2),
@@ -117,6 +144,7 @@ impl Workbench {
             browser: Browser::default(),
             fields: FieldsPanel::default(),
             training: TrainingPanel::default(),
+            model_folder: model_folder::ModelFolderPanel::default(),
             predict: PredictPanel::default(),
             commands: Vec::new(),
             tab: Tab::Review,
@@ -130,13 +158,59 @@ impl Workbench {
         }
     }
 
-    /// Opens the project in `dir`; on failure the message is shown and the old project stays.
+    /// Opens the project in `dir` now, in this thread; on failure the message is shown and the
+    /// old project stays. The window opens projects with [`Workbench::open_in_background`].
     pub fn open_project(&mut self, dir: &Path) {
-        match self.load_project(dir) {
-            Ok(()) => {
+        self.opening = None;
+        let result = open::load(dir, &open::Progress::default());
+        self.finish_open(dir, result);
+    }
+
+    /// Starts reading the project in `dir` on a worker thread; the window stays responsive and
+    /// the status bar shows the progress. The open project stays until the new one is read.
+    pub fn open_in_background(&mut self, dir: PathBuf) {
+        self.message = None;
+        self.opening = Some(Opening::start(dir, None));
+    }
+
+    /// Takes a finished background open.
+    fn poll_opening(&mut self, ctx: &egui::Context) {
+        let Some(opening) = &self.opening else { return };
+        match opening.poll() {
+            Some(result) => {
+                let dir = opening.dir.clone();
+                self.opening = None;
+                self.finish_open(&dir, result);
+            }
+            // The worker does not know the context: look again shortly.
+            None => ctx.request_repaint_after(std::time::Duration::from_millis(50)),
+        }
+    }
+
+    fn finish_open(&mut self, dir: &Path, result: anyhow::Result<open::Loaded>) {
+        match result {
+            Ok(loaded) => {
+                // An edit in progress belongs to the project that was open.
+                self.flush_fields();
+                self.project = Some(loaded.project);
+                self.rows = loaded.rows;
+                self.rows_generation += 1;
+                self.browser.view.clear();
+                self.current = None;
+                self.record = None;
+                self.fields.reload();
+                if !self.rows.is_empty() {
+                    self.select(0);
+                }
+                // The list starts at the selected record, not where the last project's was.
+                self.browser.scroll_to = self.current;
                 self.settings.remember(dir.to_path_buf());
                 self.message = Some((
-                    format!("opened {} ({} records)", dir.display(), self.rows.len()),
+                    format!(
+                        "opened {} ({} records)",
+                        dir.display(),
+                        open::thousands(self.rows.len())
+                    ),
                     false,
                 ));
             }
@@ -144,22 +218,9 @@ impl Workbench {
         }
     }
 
-    fn load_project(&mut self, dir: &Path) -> anyhow::Result<()> {
-        let project = Project::open(dir)?;
-        let mut rows = Vec::new();
-        project.for_each_record(crate::data::store::RecordFilter::All, |r| {
-            rows.push(Row::new(&r, project.image_path(&r)));
-            Ok(())
-        })?;
-        self.project = Some(project);
-        self.rows = rows;
-        self.current = None;
-        self.record = None;
-        self.fields.reload();
-        if !self.rows.is_empty() {
-            self.select(0);
-        }
-        Ok(())
+    /// The generation of `rows`: changes when they are replaced or one changes.
+    pub fn rows_generation(&self) -> u64 {
+        self.rows_generation
     }
 
     fn select(&mut self, index: usize) {
@@ -179,7 +240,13 @@ impl Workbench {
         let id = self.rows[i].id;
         match project.record(id) {
             Ok(r) => {
-                self.rows[i] = Row::new(&r, project.image_path(&r));
+                let row = Row::new(&r, project.image_path(&r));
+                // Flipping re-reads each record: the list is recomputed only when what it
+                // shows of the record changed.
+                if *self.rows[i] != row {
+                    self.rows[i] = std::sync::Arc::new(row);
+                    self.rows_generation += 1;
+                }
                 self.record = Some(r);
             }
             Err(e) => self.message = Some((format!("cannot read record {id}: {e:#}"), true)),
@@ -198,11 +265,14 @@ impl Workbench {
         self.reload_current();
     }
 
-    fn flush_fields(&mut self) {
+    /// Saves an edit in progress in the fields (record switch, Ctrl+S, window close).
+    pub fn flush_fields(&mut self) {
         let Some(record) = &self.record else { return };
         for edit in self.fields.flush(record) {
             self.apply(edit);
         }
+        // The fields show what is stored now (trailing whitespace that was not saved goes).
+        self.fields.reload();
     }
 
     /// The box the keyboard edits: the corrected one, else the detected one, in image pixels.
@@ -253,6 +323,33 @@ impl Workbench {
         }
     }
 
+    /// "Go to #id": selects that record and scrolls the list to it; when the filters hide it they
+    /// are cleared (the order stays), and the status bar says so.
+    fn go_to(&mut self, id: i64) {
+        let Ok(i) = self.rows.binary_search_by_key(&id, |r| r.id) else {
+            let range = match (self.rows.first(), self.rows.last()) {
+                (Some(a), Some(b)) => format!(" (ids {} to {})", a.id, b.id),
+                _ => String::new(),
+            };
+            self.message = Some((format!("no record #{id} in this project{range}"), true));
+            return;
+        };
+        let hidden = !self.browser.filters.matches(&self.rows[i]);
+        if hidden {
+            self.browser.filters = browser::Filters::default();
+        }
+        self.select(i);
+        self.browser.scroll_to = Some(i);
+        self.message = Some((
+            if hidden {
+                format!("record #{id}; the filters hid it, so they were cleared")
+            } else {
+                format!("record #{id}")
+            },
+            false,
+        ));
+    }
+
     /// Runs the commands the panels pushed this frame.
     pub fn drain_commands(&mut self) {
         let commands = std::mem::take(&mut self.commands);
@@ -263,10 +360,10 @@ impl Workbench {
 
     fn run_command(&mut self, c: Command) {
         match c {
-            Command::OpenProject(dir) => self.open_project(&dir),
+            Command::OpenProject(dir) => self.open_in_background(dir),
             Command::OpenSample => {
                 match sample::ensure_sample_project(sample::user_sample_project_dir()) {
-                    Ok(dir) => self.open_project(&dir),
+                    Ok(dir) => self.open_in_background(dir),
                     Err(e) => {
                         self.message =
                             Some((format!("cannot prepare the sample project: {e:#}"), true))
@@ -274,8 +371,27 @@ impl Workbench {
                 }
             }
             Command::Select(i) => self.select(i),
+            Command::GoTo(id) => self.go_to(id),
+            Command::Message(m) => self.message = Some((m, true)),
+            Command::Save => {
+                let pending = self
+                    .record
+                    .as_ref()
+                    .map_or(0, |r| self.fields.flush(r).len());
+                self.flush_fields();
+                if pending == 0 {
+                    self.message = Some((
+                        "nothing to save: every change is saved as it is made".into(),
+                        false,
+                    ));
+                }
+            }
+            Command::FocusGoTo => {
+                self.tab = Tab::Review;
+                self.browser.focus_goto = true;
+            }
             Command::Step(d) => {
-                let visible = self.browser.visible(&self.rows);
+                let visible = self.browser.view.order();
                 if visible.is_empty() {
                     return;
                 }
@@ -286,8 +402,9 @@ impl Workbench {
                     Some(p) => (p as i64 + d as i64).clamp(0, visible.len() as i64 - 1) as usize,
                     None => 0,
                 };
-                self.select(visible[next]);
-                self.browser.scroll_to = Some(visible[next]);
+                let next = visible[next];
+                self.select(next);
+                self.browser.scroll_to = Some(next);
             }
             Command::NextUnreviewed => {
                 let start = self.current.map_or(0, |c| c + 1);
@@ -362,16 +479,40 @@ impl Workbench {
         let ctx = ui.ctx().clone();
         if self.cjk_font.is_none() {
             self.cjk_font = Some(fonts::install_cjk_fallback(&ctx));
+            // egui's small text is 9 px, too small to read on a workstation screen: the list's
+            // status lines and notes use it.
+            ctx.all_styles_mut(|style| {
+                style.text_styles.insert(
+                    egui::TextStyle::Small,
+                    egui::FontId::proportional(SMALL_TEXT),
+                );
+            });
         }
         ctx.set_visuals(if self.settings.dark_theme {
             egui::Visuals::dark()
         } else {
             egui::Visuals::light()
         });
+        if ctx.input(|i| i.viewport().close_requested()) {
+            // The window is closing: an edit in progress is saved, not lost.
+            self.flush_fields();
+        }
         self.images.poll(&ctx);
         self.training.poll();
         self.training.guard_close(&ctx);
         self.predict.poll();
+        self.poll_opening(&ctx);
+        let refreshed = self.browser.view.refresh(
+            &self.rows,
+            self.rows_generation,
+            &self.browser.filters,
+            self.browser.sort,
+            Some(&ctx),
+        );
+        if refreshed == Refreshed::Filters && self.browser.scroll_to.is_none() {
+            // New filters or order: the selected record stays in view.
+            self.browser.scroll_to = self.current;
+        }
         shortcuts::read(&ctx, self.tab, &mut self.commands);
 
         egui::Panel::top("menu").show(ui, |ui| self.menu_ui(ui));
@@ -379,6 +520,15 @@ impl Workbench {
         match self.tab {
             Tab::Review => self.review_ui(ui),
             Tab::Training => {
+                let busy = self.training.busy();
+                egui::Panel::top("model-folder").show(ui, |ui| {
+                    self.model_folder.ui(
+                        ui,
+                        &mut self.settings.model_folder,
+                        &mut self.dialogs,
+                        busy,
+                    );
+                });
                 let project = self.project.as_ref().map(|p| p.dir().to_path_buf());
                 self.training.ui(
                     ui,
@@ -568,6 +718,9 @@ impl Workbench {
                 self.show_open = false;
                 self.commands.push(Command::OpenProject(dir));
             }
+            (Target::ModelFolder, Picked::Path(dir)) => {
+                self.settings.model_folder = dir.display().to_string();
+            }
             (_, Picked::Path(path)) => self.new_project.picked(target, path),
             (_, Picked::Nothing) => {
                 self.message = Some((
@@ -580,6 +733,17 @@ impl Workbench {
     }
 
     fn status_ui(&mut self, ui: &mut Ui) {
+        if let Some(o) = &self.opening {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!("opening {}: {}", o.dir.display(), o.describe()));
+                ui.add(
+                    egui::ProgressBar::new(o.fraction())
+                        .desired_width(240.0)
+                        .show_percentage(),
+                );
+            });
+        }
         ui.horizontal(|ui| match &self.message {
             Some((m, true)) => {
                 ui.label(RichText::new(m).color(egui::Color32::from_rgb(255, 120, 120)));
@@ -646,10 +810,15 @@ impl Workbench {
         egui::CentralPanel::default().show(ui, |ui| {
             self.toolbar_ui(ui);
             let (Some(record), Some(project)) = (&self.record, &self.project) else {
+                let opening = self
+                    .opening
+                    .as_ref()
+                    .map(|o| format!("Opening {}: {}…", o.dir.display(), o.describe()));
                 ui.centered_and_justified(|ui| {
-                    ui.label(
-                        "Open a project: File > Open project, or File > Open the sample project.",
-                    );
+                    ui.label(opening.unwrap_or_else(|| {
+                        "Open a project: File > Open project, or File > Open the sample project."
+                            .into()
+                    }));
                 });
                 return;
             };
@@ -817,162 +986,5 @@ fn describe(edit: &Edit) -> String {
         Edit::SetField { name, .. } => format!("field {name}"),
         Edit::SetDiagnosis { .. } => "diagnosis".into(),
         Edit::SetSplit { split } => format!("split {}", split.map_or("none", |s| s.as_str())),
-    }
-}
-
-/// The eframe application around the [`Workbench`].
-struct App {
-    workbench: Workbench,
-    frame_log: Option<FrameLog>,
-}
-
-/// `$ROISCOPE_FRAME_LOG`: one line per frame, for the responsiveness benchmark
-/// (`scripts/bench-workbench`): the frame's number, its start as seconds since the Unix epoch,
-/// the workbench's UI pass in this frame (ms) and eframe's CPU time of the frame before (ms: UI
-/// pass, tessellation, texture upload and GPU submission, without the wait for the surface),
-/// and how long the oldest training event drawn in this frame had waited for it (ms; `-` when
-/// the frame took none). The first frame asks for a second one at once, so the second line's
-/// time is when the first frame had been painted.
-struct FrameLog {
-    out: std::io::BufWriter<std::fs::File>,
-    frame: u64,
-}
-
-impl FrameLog {
-    fn from_env() -> Option<FrameLog> {
-        let path = std::env::var_os("ROISCOPE_FRAME_LOG")?;
-        match std::fs::File::create(&path) {
-            Ok(f) => Some(FrameLog {
-                out: std::io::BufWriter::new(f),
-                frame: 0,
-            }),
-            Err(e) => {
-                eprintln!("roiscope: cannot write the frame log {path:?}: {e}");
-                None
-            }
-        }
-    }
-
-    fn write(
-        &mut self,
-        start: std::time::SystemTime,
-        ui: std::time::Duration,
-        cpu: Option<f32>,
-        event_wait: Option<std::time::Duration>,
-    ) {
-        use std::io::Write;
-        let since_epoch = start
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let cpu = cpu.map_or_else(|| "-".to_string(), |s| format!("{:.3}", s * 1e3));
-        let waited = event_wait.map_or_else(
-            || "-".to_string(),
-            |w| format!("{:.3}", w.as_secs_f64() * 1e3),
-        );
-        let _ = writeln!(
-            self.out,
-            "{} {since_epoch:.6} {:.3} {cpu} {waited}",
-            self.frame,
-            ui.as_secs_f64() * 1e3
-        );
-        let _ = self.out.flush();
-        self.frame += 1;
-    }
-}
-
-impl eframe::App for App {
-    fn ui(&mut self, ui: &mut Ui, frame: &mut eframe::Frame) {
-        let start = (std::time::SystemTime::now(), std::time::Instant::now());
-        self.workbench.ui(ui);
-        if let Some(log) = &mut self.frame_log {
-            if log.frame == 0 {
-                ui.ctx().request_repaint();
-            }
-            let event_wait = self.workbench.training.event_wait.take();
-            log.write(
-                start.0,
-                start.1.elapsed(),
-                frame.info().cpu_usage,
-                event_wait,
-            );
-        }
-    }
-
-    fn save(&mut self, storage: &mut dyn eframe::Storage) {
-        eframe::set_value(storage, STORAGE_KEY, &self.workbench.settings);
-    }
-}
-
-/// `roiscope` with no command: opens the window on `$ROISCOPE_PROJECT`, else the last project,
-/// else the sample project (prepared into the user's data folder the first time).
-///
-/// The window draws through OpenGL (eframe's glow renderer); where no OpenGL context can be made
-/// it opens through wgpu (Vulkan) instead. `$ROISCOPE_RENDERER=wgpu` asks for wgpu first. On a
-/// machine without a GPU (Mesa's llvmpipe rasterising in software) glow draws a frame in about a
-/// fifth of wgpu's time (BENCHMARKS.md, the real window).
-pub fn run() -> anyhow::Result<()> {
-    let wgpu_first = std::env::var("ROISCOPE_RENDERER").is_ok_and(|r| r == "wgpu");
-    let order = if wgpu_first {
-        [eframe::Renderer::Wgpu, eframe::Renderer::Glow]
-    } else {
-        [eframe::Renderer::Glow, eframe::Renderer::Wgpu]
-    };
-    let mut failures = Vec::new();
-    for renderer in order {
-        // Set once the app exists: an error after that is not the renderer failing to start.
-        let started = std::rc::Rc::new(std::cell::Cell::new(false));
-        let result = eframe::run_native("roiscope", native_options(renderer), {
-            let started = started.clone();
-            Box::new(move |cc| {
-                started.set(true);
-                Ok(Box::new(new_app(cc)))
-            })
-        });
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) if !started.get() => {
-                eprintln!("roiscope: the {renderer} renderer did not start: {e}");
-                failures.push(format!("{renderer}: {e}"));
-            }
-            Err(e) => anyhow::bail!("the workbench window failed: {e}"),
-        }
-    }
-    anyhow::bail!("cannot open the workbench window ({})", failures.join("; "))
-}
-
-fn native_options(renderer: eframe::Renderer) -> eframe::NativeOptions {
-    eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_inner_size([1500.0, 950.0])
-            .with_title("roiscope"),
-        renderer,
-        // Dithering adds a noise term to every pixel's shader: 13% of the frame in software
-        // (median 22.7 vs 26.3 ms flipping images under llvmpipe); it only hides banding in
-        // smooth gradients, which the workbench hardly draws (its noise is under half a level,
-        // so flat colours and 8-bit image pixels come out the same either way).
-        dithering: false,
-        // Reused by the second try when the first renderer does not start (winit makes one
-        // event loop per process); also the default.
-        run_and_return: true,
-        ..Default::default()
-    }
-}
-
-fn new_app(cc: &eframe::CreationContext<'_>) -> App {
-    let settings: Settings = cc
-        .storage
-        .and_then(|s| eframe::get_value(s, STORAGE_KEY))
-        .unwrap_or_default();
-    let mut workbench = Workbench::new(settings);
-    // $ROISCOPE_PROJECT opens that project instead of the last one.
-    let chosen = std::env::var_os("ROISCOPE_PROJECT").map(PathBuf::from);
-    match chosen.or_else(|| workbench.settings.project.clone()) {
-        Some(dir) if dir.exists() => workbench.open_project(&dir),
-        _ => workbench.commands.push(Command::OpenSample),
-    }
-    App {
-        workbench,
-        frame_log: FrameLog::from_env(),
     }
 }

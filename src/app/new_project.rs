@@ -119,6 +119,9 @@ impl NewProject {
         egui::Window::new("New project")
             .open(&mut open)
             .collapsible(false)
+            // Wide enough for the 380 px path fields and their Browse buttons: a window that
+            // sizes itself to its first frame squeezed them to ~40 px.
+            .min_width(640.0)
             .show(ctx, |ui| self.form(ui, dialogs));
         self.open = open;
     }
@@ -130,7 +133,7 @@ impl NewProject {
             Target::NewRecords => self.input = text,
             Target::NewImages => self.images = text,
             Target::NewProject => self.project = text,
-            Target::OpenProject => {}
+            Target::OpenProject | Target::ModelFolder => {}
         }
     }
 
@@ -167,10 +170,13 @@ impl NewProject {
                     ),
                 ] {
                     let l = ui.label(label);
-                    ui.add_enabled(
-                        !busy,
-                        egui::TextEdit::singleline(value).desired_width(380.0),
-                    )
+                    ui.add_enabled_ui(!busy, |ui| {
+                        ui.add_sized(
+                            [380.0, ui.spacing().interact_size.y],
+                            egui::TextEdit::singleline(value),
+                        )
+                    })
+                    .inner
                     .labelled_by(l.id)
                     .on_hover_text(tip);
                     match target {

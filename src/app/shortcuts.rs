@@ -15,6 +15,13 @@ pub fn read(ctx: &egui::Context, tab: Tab, commands: &mut Vec<Command>) {
         {
             commands.push(Command::ToggleHelp);
         }
+        // These work while typing in a field too.
+        if i.consume_key(Modifiers::COMMAND, Key::S) {
+            commands.push(Command::Save);
+        }
+        if i.consume_key(Modifiers::COMMAND, Key::G) {
+            commands.push(Command::FocusGoTo);
+        }
         if typing {
             return;
         }

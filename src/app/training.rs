@@ -478,6 +478,8 @@ impl TrainingPanel {
                             ..
                         } => {
                             self.state = RunState::Running;
+                            // The run's folder now has its metrics file: list it.
+                            self.runs_of = None;
                             self.log.push(format!(
                                 "{examples} examples, {total_steps} steps on {}",
                                 devices.join(", ")
@@ -665,15 +667,10 @@ impl TrainingPanel {
         egui::CentralPanel::default().show(ui, |ui| self.plots_ui(ui, smoothing));
     }
 
-    fn settings_ui(&mut self, ui: &mut Ui, project: Option<&Path>, model_folder: &mut String) {
+    fn settings_ui(&mut self, ui: &mut Ui, project: Option<&Path>, model_folder: &str) {
         ui.heading("Training");
         let busy = self.busy();
-        ui.horizontal(|ui| {
-            let label = ui.label("Model folder");
-            ui.add(egui::TextEdit::singleline(model_folder).desired_width(f32::INFINITY).hint_text("/path/to/model"))
-                .labelled_by(label.id)
-                .on_hover_text("A Qwen3-VL model folder (config.json, safetensors, tokenizer.json); `roiscope init-model` makes a tiny one");
-        });
+        // The model folder (Browse, check, demo model) is the row above the tab: model_folder.rs.
         ui.horizontal(|ui| {
             let label = ui.label("Devices");
             ui.add_enabled(!busy, egui::TextEdit::singleline(&mut self.devices).desired_width(120.0))
@@ -690,8 +687,9 @@ impl TrainingPanel {
         });
         ui.add_enabled_ui(!busy, |ui| config_ui(ui, &mut self.config));
         ui.separator();
+        let why_not = super::model_folder::why_not_start(busy, project, model_folder);
         ui.horizontal(|ui| {
-            let can_start = !busy && project.is_some() && !model_folder.trim().is_empty();
+            let can_start = why_not.is_none();
             if ui
                 .add_enabled(can_start, egui::Button::new("Start"))
                 .on_hover_text("Start a new run on the project's train split; metrics and checkpoints go to PROJECT/runs/")
@@ -718,6 +716,9 @@ impl TrainingPanel {
                 self.stop();
             }
         });
+        if let Some(why) = &why_not {
+            ui.label(RichText::new(why).color(egui::Color32::from_rgb(240, 170, 60)));
+        }
         let (text, colour) = match &self.state {
             RunState::Idle => ("idle".to_string(), egui::Color32::GRAY),
             RunState::Loading => ("loading the model…".to_string(), egui::Color32::LIGHT_BLUE),
@@ -815,9 +816,17 @@ impl TrainingPanel {
             egui::ProgressBar::new(fraction)
                 .show_percentage()
                 .text(format!(
-                    "step {step:.0} of {} · ETA {} · {:.2} samples/s",
+                    "step {step:.0} of {} · {} · {:.2} samples/s",
                     c.total_steps,
-                    format_eta(c.eta_seconds),
+                    // An ETA only while the run goes on: a stopped or finished run has none.
+                    match &self.state {
+                        RunState::Running | RunState::Paused | RunState::Loading =>
+                            format!("ETA {}", format_eta(c.eta_seconds)),
+                        RunState::Stopping => "stopping".into(),
+                        RunState::Ended(s) => s.clone(),
+                        RunState::Failed(_) => "failed".into(),
+                        RunState::Idle => "not running".into(),
+                    },
                     c.samples_per_second
                 )),
         )
