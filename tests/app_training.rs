@@ -264,8 +264,34 @@ fn a_stopped_run_continues_from_its_checkpoint_with_its_curves() {
 fn a_model_folder_that_does_not_load_is_shown_and_the_app_lives() {
     let tmp = tempfile::tempdir().unwrap();
     let project = ensure_sample_project(tmp.path().join("project")).unwrap();
+    // An empty folder: Start stays disabled and the tab says why.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut h = harness(&project, &empty);
+    h.run_steps(2);
+    let why =
+        roiscope::app::model_folder::why_not_start(false, Some(&project), empty.to_str().unwrap())
+            .expect("Start is disabled");
+    assert!(why.contains("lacks config.json"), "{why}");
+    h.get_by_label(&why);
+    // A folder that looks complete but whose weights do not load: the run fails with the
+    // reason and the window lives on.
     let model = tmp.path().join("no-model");
     std::fs::create_dir_all(&model).unwrap();
+    let config = roiscope::model::folder::init_config(InitSize::Tiny);
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(model.join("tokenizer.json"), "{}").unwrap();
+    std::fs::write(
+        model.join("preprocessor_config.json"),
+        roiscope::model::folder::preprocessor_json().to_string(),
+    )
+    .unwrap();
+    let stray = candle_core::Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("stray".to_string(), stray)]),
+        model.join("model.safetensors"),
+    )
+    .unwrap();
     let mut h = harness(&project, &model);
     h.get_by_label("Start").click();
     h.run_steps(2);
