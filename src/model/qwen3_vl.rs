@@ -328,7 +328,7 @@ impl Qwen3Vl {
             Some(pixels) => {
                 // A tower without adapters keeps no graph: its fused kernels give the same values
                 // faster, in training too.
-                let vision_exec = if self.vision.has_adapters() {
+                let vision_exec = if self.vision.trains() {
                     exec
                 } else {
                     Exec::Fused

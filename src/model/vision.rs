@@ -266,12 +266,19 @@ impl VisionTower {
         self.pos_embed.device()
     }
 
-    /// Whether LoRA sits anywhere in the tower (else nothing in it trains).
-    pub fn has_adapters(&self) -> bool {
-        self.blocks.iter().any(|b| !b.adapter_tensors().is_empty())
+    /// Whether anything in the tower trains: LoRA sits in it, or its own weights are variables
+    /// (a model loaded from a variable map). Otherwise it keeps no graph.
+    pub fn trains(&self) -> bool {
+        self.patch_weight.track_op()
+            || self.pos_embed.track_op()
+            || self.blocks.iter().any(|b| {
+                b.qkv.weight.track_op()
+                    || b.norm1.weight.track_op()
+                    || !b.adapter_tensors().is_empty()
+            })
             || std::iter::once(&self.merger)
                 .chain(&self.deepstack)
-                .any(|m| m.fc1.lora.is_some() || m.fc2.lora.is_some())
+                .any(|m| m.fc1.lora.is_some() || m.fc2.lora.is_some() || m.fc1.weight.track_op())
     }
 
     /// See [`Self::recompute`].

@@ -64,17 +64,61 @@ pub fn complete_checkpoints(run: &Path) -> anyhow::Result<Vec<(usize, PathBuf)>>
     Ok(found)
 }
 
-/// The highest-numbered complete `checkpoint-<step>` folder of a run.
+/// The highest-numbered complete `checkpoint-<step>` folder of a run. Where there is none but
+/// an incomplete one, the error names the newest incomplete folder and what it lacks.
 pub fn latest_checkpoint(run: &Path) -> anyhow::Result<PathBuf> {
-    complete_checkpoints(run)?
-        .pop()
-        .map(|(_, p)| p)
-        .with_context(|| {
-            format!(
-                "{} has no complete checkpoint to resume from",
-                run.display()
-            )
-        })
+    if let Some((_, path)) = complete_checkpoints(run)?.pop() {
+        return Ok(path);
+    }
+    let mut incomplete: Vec<(usize, PathBuf)> = std::fs::read_dir(run)
+        .with_context(|| format!("cannot read {}", run.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| checkpoint_step(&p).map(|step| (step, p)))
+        .collect();
+    incomplete.sort();
+    match incomplete.pop() {
+        Some((_, newest)) => bail!(
+            "{} has no complete checkpoint to resume from: {} lacks {}",
+            run.display(),
+            newest.display(),
+            lacking(&newest).join(", ")
+        ),
+        None => bail!(
+            "{} has no complete checkpoint to resume from",
+            run.display()
+        ),
+    }
+}
+
+/// What a checkpoint folder lacks: files its state lists that are missing or of another size,
+/// or (without a state) the state and the data files.
+fn lacking(dir: &Path) -> Vec<String> {
+    let state = crate::data::files::read_json(&dir.join(STATE_FILE)).ok();
+    match state
+        .as_ref()
+        .and_then(|s| s.get("files"))
+        .and_then(Value::as_object)
+    {
+        Some(files) => files
+            .iter()
+            .filter(|(name, size)| {
+                !std::fs::metadata(dir.join(name))
+                    .is_ok_and(|m| m.is_file() && Some(m.len()) == size.as_u64())
+            })
+            .map(|(name, _)| name.clone())
+            .collect(),
+        None => [
+            STATE_FILE,
+            "adapter/adapter_config.json",
+            "adapter/adapter_model.safetensors",
+            "heads.safetensors",
+            "optimizer.safetensors",
+        ]
+        .iter()
+        .filter(|f| !dir.join(f).is_file())
+        .map(|f| f.to_string())
+        .collect(),
+    }
 }
 
 /// Flushes a file's contents to disk.
@@ -224,8 +268,9 @@ fn prune(run: &Path, keep: usize, protect: &[PathBuf]) -> anyhow::Result<()> {
 pub fn ensure_complete(dir: &Path) -> anyhow::Result<()> {
     if !is_complete(dir) {
         bail!(
-            "{} is incomplete (a write was cut short); use an earlier checkpoint",
-            dir.display()
+            "{} is incomplete (a write was cut short; it lacks {}); use an earlier checkpoint",
+            dir.display(),
+            lacking(dir).join(", ")
         );
     }
     Ok(())
