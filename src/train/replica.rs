@@ -73,6 +73,29 @@ pub struct Prediction {
     pub match_probability: f32,
 }
 
+/// What [`Replica::forward_losses`] computed (in the graph when training).
+struct Losses {
+    /// `(3)` raw task losses: roi, match, lm.
+    losses: Tensor,
+    hidden: Tensor,
+    boxes: Tensor,
+    logits: Tensor,
+}
+
+/// Per sample, the ROI box and the match probability from the heads' outputs.
+fn predictions(boxes: &Tensor, logits: &Tensor) -> anyhow::Result<Vec<Prediction>> {
+    let logits: Vec<f32> = logits.to_vec1()?;
+    let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
+    Ok(boxes
+        .into_iter()
+        .zip(logits)
+        .map(|(b, logit)| Prediction {
+            roi: [b[0], b[1], b[2], b[3]],
+            match_probability: 1.0 / (1.0 + (-logit).exp()),
+        })
+        .collect())
+}
+
 /// The heads a replica is made with.
 struct Heads {
     roi: RoiHead,
@@ -292,42 +315,14 @@ impl Replica {
         shard: &Shard,
         settings: LossSettings,
     ) -> anyhow::Result<([f64; 3], PassOutputs, candle_core::backprop::GradStore)> {
-        let out = self.model.forward(&batch.input, Exec::Differentiable)?;
-        let hidden = out.hidden.to_dtype(DType::F32)?;
-        let embeds = self.model.token_embeddings(&batch.input)?;
-        let counts = shard.counts;
-        let (boxes, logits, place) = run_heads(
-            &self.roi,
-            &self.matcher,
-            &hidden,
-            &embeds,
+        let pass = self.forward_losses(
             batch,
+            Exec::Differentiable,
             Some(plan),
+            shard.counts,
+            settings,
         )?;
-        let l_roi = losses::roi_loss(
-            &boxes,
-            &batch.roi_target,
-            &batch.roi_weight,
-            settings.roi,
-            counts.roi_rows,
-        )?;
-        let l_match =
-            (losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?
-                + (losses::place_loss(
-                    &place,
-                    &batch.roi_target,
-                    &batch.roi_weight,
-                    settings.roi.beta,
-                    counts.roi_rows,
-                )? * settings.place_weight)?)?;
-        let l_lm = losses::lm_loss(
-            &hidden,
-            self.model.lm_head(),
-            &batch.lm_targets,
-            settings.lm_chunk,
-            counts.lm_targets,
-        )?;
-        let stacked = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0)?;
+        let (hidden, boxes, logits, stacked) = (pass.hidden, pass.boxes, pass.logits, pass.losses);
         let (total, terms) = self.task.combine(&stacked, shard.share)?;
         let values: Vec<f32> = stacked.to_vec1()?;
         let grads = total.backward()?;
@@ -354,16 +349,7 @@ impl Replica {
         let embeds = self.model.token_embeddings(&batch.input)?;
         let (boxes, logits, _) =
             run_heads(&self.roi, &self.matcher, &hidden, &embeds, &batch, None)?;
-        let logits: Vec<f32> = logits.to_vec1()?;
-        let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
-        Ok(boxes
-            .into_iter()
-            .zip(logits)
-            .map(|(b, logit)| Prediction {
-                roi: [b[0], b[1], b[2], b[3]],
-                match_probability: 1.0 / (1.0 + (-logit).exp()),
-            })
-            .collect())
+        predictions(&boxes, &logits)
     }
 
     /// The raw task losses of `samples` as one batch (without dropout or gradients) and the
@@ -374,12 +360,27 @@ impl Replica {
         settings: LossSettings,
     ) -> anyhow::Result<([f64; 3], Vec<Prediction>)> {
         let batch = data::collate(samples, self.special.0, self.special.1, self.device())?;
-        let out = self.model.forward(&batch.input, Exec::Fused)?;
+        let pass = self.forward_losses(&batch, Exec::Fused, None, Counts::of(samples), settings)?;
+        let values: Vec<f32> = pass.losses.to_vec1()?;
+        let losses = [values[0], values[1], values[2]].map(f64::from);
+        Ok((losses, predictions(&pass.boxes, &pass.logits)?))
+    }
+
+    /// The forward pass, the heads and the three raw task losses `(3)` of `batch`, each divided
+    /// by `counts`; dropout follows `plan` (none without one).
+    fn forward_losses(
+        &self,
+        batch: &data::Batch,
+        exec: Exec,
+        plan: Option<&DropoutPlan>,
+        counts: Counts,
+        settings: LossSettings,
+    ) -> anyhow::Result<Losses> {
+        let out = self.model.forward(&batch.input, exec)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
         let embeds = self.model.token_embeddings(&batch.input)?;
         let (boxes, logits, place) =
-            run_heads(&self.roi, &self.matcher, &hidden, &embeds, &batch, None)?;
-        let counts = Counts::of(samples);
+            run_heads(&self.roi, &self.matcher, &hidden, &embeds, batch, plan)?;
         let l_roi = losses::roi_loss(
             &boxes,
             &batch.roi_target,
@@ -403,19 +404,12 @@ impl Replica {
             settings.lm_chunk,
             counts.lm_targets,
         )?;
-        let values: Vec<f32> = Tensor::stack(&[&l_roi, &l_match, &l_lm], 0)?.to_vec1()?;
-        let losses = [values[0], values[1], values[2]].map(f64::from);
-        let logits: Vec<f32> = logits.to_vec1()?;
-        let boxes: Vec<Vec<f32>> = boxes.to_vec2()?;
-        let predictions = boxes
-            .into_iter()
-            .zip(logits)
-            .map(|(b, logit)| Prediction {
-                roi: [b[0], b[1], b[2], b[3]],
-                match_probability: 1.0 / (1.0 + (-logit).exp()),
-            })
-            .collect();
-        Ok((losses, predictions))
+        Ok(Losses {
+            losses: Tensor::stack(&[&l_roi, &l_match, &l_lm], 0)?,
+            hidden,
+            boxes,
+            logits,
+        })
     }
 
     /// Sets every trainable parameter to `source`'s values (after the optimiser step on the
