@@ -18,7 +18,7 @@ fn main() {
         println!("{f}");
     }
     println!(
-        "robust: primary correct {}/{} ({:.2}%), boxes recalled {}/{}, false positives {}/{} ({:.2}%)",
+        "robust: primary correct {}/{} ({:.2}%), boxes recalled {}/{}, false positives {}/{} ({:.2}%), images with a stray box {}/{}",
         r.primary_correct,
         r.with_box,
         100.0 * r.primary_correct as f64 / r.with_box.max(1) as f64,
@@ -26,7 +26,9 @@ fn main() {
         r.truth_boxes,
         r.false_positives,
         r.without_box,
-        100.0 * r.false_positives as f64 / r.without_box.max(1) as f64
+        100.0 * r.false_positives as f64 / r.without_box.max(1) as f64,
+        r.spurious,
+        r.with_box + r.without_box
     );
     if dir.join("seed_boxes.json").is_file() {
         let (n, bad) = roi_set::score_seed(&dir);
@@ -34,6 +36,9 @@ fn main() {
             println!("seed mismatch: {b}");
         }
         println!("seed: {}/{} boxes identical to OpenCV", n - bad.len(), n);
+    }
+    if !entries.iter().any(|e| e.clean.is_some()) {
+        return;
     }
     let c = roi_set::score_clean(&dir, &entries);
     let worst = c

@@ -15,6 +15,16 @@ fn run(args: &[&std::ffi::OsStr]) -> Output {
     roiscope().args(args).output().expect("roiscope runs")
 }
 
+/// `roiscope detect-roi --clean OUT_DIR INPUT`.
+fn detect_clean(out_dir: &Path, input: &Path) -> Output {
+    roiscope()
+        .args(["detect-roi", "--clean"])
+        .arg(out_dir)
+        .arg(input)
+        .output()
+        .expect("roiscope runs")
+}
+
 fn lines(out: &Output) -> Vec<Value> {
     String::from_utf8(out.stdout.clone())
         .expect("stdout is UTF-8")
@@ -306,13 +316,7 @@ fn clean_writes_marker_free_copies() {
     boxed_image(160, 120, [30, 20, 130, 100], 2)
         .save(input.join("x.png"))
         .unwrap();
-    let out_dir = dir.path().join("clean");
-    let out = roiscope()
-        .args(["detect-roi", "--clean"])
-        .arg(&out_dir)
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = detect_clean(&dir.path().join("clean"), &input);
     assert!(out.status.success());
     let v = lines(&out);
     let cleaned_path = v[0]["clean"].as_str().unwrap();
@@ -329,6 +333,34 @@ fn clean_writes_marker_free_copies() {
         .output()
         .unwrap();
     assert!(lines(&again)[0]["roi"].is_null());
+}
+
+/// pydicom's `GDCMJ2K_TextGBR.dcm`: the words "red", "green" and "blue" in bold type. The
+/// bowl of the green "g" has four straight-looking sides and a hollow inside; it is a letter,
+/// not a box, and `--clean` must leave it as it is.
+#[test]
+fn the_letter_g_is_not_a_box_and_clean_leaves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dicom/GDCMJ2K_TextGBR.dcm");
+    let out = detect_clean(&dir.path().join("clean"), &input);
+    assert!(out.status.success());
+    let v = lines(&out);
+    assert!(v[0]["error"].is_null(), "{}", v[0]);
+    assert!(v[0]["roi"].is_null(), "a box was reported: {}", v[0]);
+    assert_eq!(v[0]["rois"].as_array().unwrap().len(), 0);
+    let cleaned = image::open(v[0]["clean"].as_str().unwrap())
+        .unwrap()
+        .into_rgb8();
+    // The "g" (x 28..70, y 159..215) keeps its green: about 1,100 pixels of pure green.
+    let green = (28..70)
+        .flat_map(|x| (159..215).map(move |y| (x, y)))
+        .filter(|&(x, y)| {
+            let p = cleaned.get_pixel(x, y).0;
+            p[1] > 200 && p[0] < 60 && p[2] < 60
+        })
+        .count();
+    assert!(green > 900, "only {green} green pixels left in the \"g\"");
 }
 
 #[test]

@@ -71,6 +71,12 @@ fn libjpeg_decoder_gives_opencvs_pixels() {
 fn robust_mode_finds_painted_boxes_and_nothing_else() {
     let dir = set_dir("roi_set");
     let s = score_robust(&dir, &load_truth(&dir));
+    assert_eq!(
+        s.spurious,
+        0,
+        "boxes not painted:\n{}",
+        s.failures.join("\n")
+    );
     let accuracy = s.primary_correct as f64 / s.with_box as f64;
     let false_positive_rate = s.false_positives as f64 / s.without_box as f64;
     let report = s.failures.join("\n");
@@ -84,6 +90,33 @@ fn robust_mode_finds_painted_boxes_and_nothing_else() {
         false_positive_rate <= 0.01,
         "boxes on {} box-free images:\n{report}",
         s.false_positives
+    );
+}
+
+/// The text set (`tests/fixtures/roi_text_set`, `make_roi_text_set.py`): letters, words and
+/// digits in several fonts, sizes, stroke widths and colours, beside, at the corners of and
+/// inside painted boxes. Letters must not be taken for boxes.
+#[test]
+fn robust_mode_takes_no_letter_for_a_box() {
+    let dir = set_dir("roi_text_set");
+    let s = score_robust(&dir, &load_truth(&dir));
+    let report = s.failures.join("\n");
+    assert!(s.with_box >= 50 && s.without_box >= 20);
+    assert_eq!(s.false_positives, 0, "boxes on text-only images:\n{report}");
+    // Two images of 90 still have one (the bowl of a "b" drawn with a wide stroke, and a
+    // "Lesion" label 2 px under a box's top side that JPEG merged with it): BENCHMARKS.md.
+    assert!(
+        s.spurious <= 2,
+        "{} images with a box that is not painted:\n{report}",
+        s.spurious
+    );
+    // Text touching a thin outline can still move a side (BENCHMARKS.md); the bar here is
+    // what the detector reaches now, so that a regression fails.
+    let accuracy = s.primary_correct as f64 / s.with_box as f64;
+    assert!(
+        accuracy >= 0.95,
+        "primary box right on {:.2}% only:\n{report}",
+        100.0 * accuracy
     );
 }
 

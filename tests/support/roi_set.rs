@@ -64,11 +64,15 @@ pub struct RobustScore {
     pub truth_boxes_found: usize,
     pub without_box: usize,
     pub false_positives: usize,
+    /// Images with a box found that matches no painted box (IoU < 0.5 with each): a letter,
+    /// a ring or a bracket taken for a box, with or without a painted box beside it.
+    pub spurious: usize,
     pub failures: Vec<String>,
 }
 
 /// Robust mode on every painted image: the primary box against the largest painted box at
-/// IoU >= 0.9, every painted box recalled, and any box on an image without one.
+/// IoU >= 0.9, every painted box recalled, any box on an image without one, and any box that
+/// matches no painted one.
 pub fn score_robust(dir: &Path, entries: &[Entry]) -> RobustScore {
     let mut s = RobustScore::default();
     for e in entries.iter().filter(|e| e.painted()) {
@@ -79,6 +83,10 @@ pub fn score_robust(dir: &Path, entries: &[Entry]) -> RobustScore {
             .map(|r| r.bbox)
             .collect();
         let truth = e.truth();
+        let stray = found
+            .iter()
+            .filter(|f| truth.iter().all(|t| f.iou(t) < 0.5))
+            .count();
         let describe = || {
             format!(
                 "{} (q={:?}, lw={:?}, src={:?}): truth {:?} found {:?}",
@@ -90,6 +98,13 @@ pub fn score_robust(dir: &Path, entries: &[Entry]) -> RobustScore {
                 found.iter().map(fmt).collect::<Vec<_>>()
             )
         };
+        if stray > 0 {
+            s.spurious += 1;
+            if !truth.is_empty() {
+                s.failures
+                    .push(format!("{stray} stray box(es): {}", describe()));
+            }
+        }
         if truth.is_empty() {
             s.without_box += 1;
             if !found.is_empty() {

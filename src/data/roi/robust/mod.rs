@@ -20,14 +20,16 @@
 use image::RgbImage;
 
 mod bars;
+mod corners;
 mod planes;
 mod rectangles;
 mod sides;
 
 use super::Roi;
 use bars::{group_runs, straight_runs, with_faint_extensions, Bar, MIN_SIDE};
+use corners::corner_fill;
 use planes::{Planes, Scratch, SCRATCH};
-use rectangles::{assemble, refine_and_verify, score, Scored};
+use rectangles::{assemble, place_sides, refine_and_verify, score, Scored};
 use sides::Side;
 
 /// A readable account of what [`detect`] saw (bars, candidates and why they failed), for
@@ -46,7 +48,11 @@ pub fn explain(img: &RgbImage) -> String {
         writeln!(s, "  {b:?}").unwrap();
     }
     for c in assemble(&hbars, &vbars) {
-        let result = score(&planes, c).map(|sc| (sc.coverage, refine_and_verify(&planes, &sc)));
+        let result = score(&planes, c).map(|sc| {
+            let bands = place_sides(&planes, &sc);
+            let corners = corner_fill(&planes, &bands);
+            (sc.coverage, bands, corners, refine_and_verify(&planes, &sc))
+        });
         writeln!(s, "candidate {c:?}\n  -> {result:?}").unwrap();
     }
     s

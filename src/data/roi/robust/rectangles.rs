@@ -3,6 +3,7 @@
 
 use super::super::{PixelBox, Roi};
 use super::bars::{Bar, END_TOLERANCE};
+use super::corners::{drawn_corners, Bands};
 use super::planes::Planes;
 use super::sides::{Side, SideView};
 
@@ -133,31 +134,33 @@ pub(super) fn score(planes: &Planes, c: Candidate) -> Option<Scored> {
     })
 }
 
-/// Places each side of a covered candidate exactly and checks what a drawn box must be.
-pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi> {
+/// Places each side of a covered candidate to the pixel.
+pub(super) fn place_sides(planes: &Planes, scored: &Scored) -> Bands {
     let c = scored.candidate;
-    let min_coverage = scored.coverage;
     let view = |side| SideView { planes, side };
-    let (top, right, bottom, left) = (
-        view(Side::Top),
-        view(Side::Right),
-        view(Side::Bottom),
-        view(Side::Left),
-    );
     // Measure each side between the other two, clear of the corners.
     let (hx0, hx1) = (c.left.hi + 2, c.right.lo.saturating_sub(2));
     let (vy0, vy1) = (c.top.hi + 2, c.bottom.lo.saturating_sub(2));
-    let refine_or_keep = |v: &SideView, b: Bar, a0: u32, a1: u32| {
+    let refine_or_keep = |side, b: Bar, a0: u32, a1: u32| {
         if a1 > a0 {
-            v.refine(b.lo, b.hi, a0, a1)
+            view(side).refine(b.lo, b.hi, a0, a1)
         } else {
             (b.lo, b.hi)
         }
     };
-    let (t_lo, t_hi) = refine_or_keep(&top, c.top, hx0, hx1);
-    let (b_lo, b_hi) = refine_or_keep(&bottom, c.bottom, hx0, hx1);
-    let (l_lo, l_hi) = refine_or_keep(&left, c.left, vy0, vy1);
-    let (r_lo, r_hi) = refine_or_keep(&right, c.right, vy0, vy1);
+    Bands {
+        top: refine_or_keep(Side::Top, c.top, hx0, hx1),
+        right: refine_or_keep(Side::Right, c.right, vy0, vy1),
+        bottom: refine_or_keep(Side::Bottom, c.bottom, hx0, hx1),
+        left: refine_or_keep(Side::Left, c.left, vy0, vy1),
+    }
+}
+
+/// Places each side of a covered candidate exactly and checks what a drawn box must be.
+pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi> {
+    let bands = place_sides(planes, scored);
+    let ((t_lo, t_hi), (r_lo, r_hi), (b_lo, b_hi), (l_lo, l_hi)) =
+        (bands.top, bands.right, bands.bottom, bands.left);
     if b_lo <= t_hi + 1
         || r_lo <= l_hi + 1
         || r_hi + 1 - l_lo < MIN_BOX_SIDE
@@ -186,15 +189,13 @@ pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi>
     if bbox.width().max(bbox.height()) < SMALL_BOX && crowded_sides(planes, &bbox) >= 2 {
         return None;
     }
+    if !drawn_corners(planes, &bands) {
+        return None;
+    }
     Some(Roi {
         bbox,
-        confidence: Some(min_coverage),
-        line: Some([
-            t_hi - t_lo + 1,
-            r_hi - r_lo + 1,
-            b_hi - b_lo + 1,
-            l_hi - l_lo + 1,
-        ]),
+        confidence: Some(scored.coverage),
+        line: Some(bands.widths()),
     })
 }
 

@@ -1,0 +1,156 @@
+//! What sets a drawn outline apart from a letter: a pen drawing a rectangle fills its corners
+//! (square, or rounded by at most half the line width where OpenCV joins thick lines) and
+//! draws all four sides with the same width. The bowl of a "g", "o", "D" or "0" has at least
+//! one corner rounded well beyond its stroke, and strokes that thin and thicken around it.
+
+use super::super::PixelBox;
+use super::planes::Planes;
+
+/// The four painted sides of an outline, placed to the pixel: rows `top` and `bottom`,
+/// columns `left` and `right`, each as `(first, last)` inclusive.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bands {
+    pub(super) top: (u32, u32),
+    pub(super) right: (u32, u32),
+    pub(super) bottom: (u32, u32),
+    pub(super) left: (u32, u32),
+}
+
+impl Bands {
+    /// Line width per side: top, right, bottom, left.
+    pub(super) fn widths(&self) -> [u32; 4] {
+        let w = |(a, b): (u32, u32)| b - a + 1;
+        [w(self.top), w(self.right), w(self.bottom), w(self.left)]
+    }
+
+    /// The square where two sides cross at each corner: top-left, top-right, bottom-right,
+    /// bottom-left.
+    fn corner_squares(&self) -> [PixelBox; 4] {
+        let square = |(x0, x1): (u32, u32), (y0, y1): (u32, u32)| PixelBox {
+            x0,
+            y0,
+            x1: x1 + 1,
+            y1: y1 + 1,
+        };
+        [
+            square(self.left, self.top),
+            square(self.right, self.top),
+            square(self.right, self.bottom),
+            square(self.left, self.bottom),
+        ]
+    }
+}
+
+/// Corners where a line under this width (pixels) crosses are not judged: JPEG and a pixel's
+/// error in placing a thin side leave its few corner pixels half empty, and letters drawn
+/// that thin do not close into four straight sides.
+const MIN_JUDGED_WIDTH: u32 = 3;
+
+/// Most of a corner square that may lack green. OpenCV's round joins leave
+/// `(1 - pi/4) / 4`, about 5%, of it empty; JPEG's colour blur a little more along its outer
+/// edges. A letter's bowl leaves a quarter or more.
+const MAX_CORNER_GAP: f32 = 0.25;
+
+/// Fraction of each corner square that is green, in the order of `Bands::corner_squares`
+/// (`None` where the square is too small to judge). The square's outermost pixel is left
+/// out: JPEG blends it with the background from two sides at once.
+pub(super) fn corner_fill(planes: &Planes, bands: &Bands) -> [Option<f32>; 4] {
+    let outermost = [
+        |b: &PixelBox| (b.x0, b.y0),
+        |b: &PixelBox| (b.x1 - 1, b.y0),
+        |b: &PixelBox| (b.x1 - 1, b.y1 - 1),
+        |b: &PixelBox| (b.x0, b.y1 - 1),
+    ];
+    let squares = bands.corner_squares();
+    std::array::from_fn(|i| {
+        let sq = &squares[i];
+        if sq.width().min(sq.height()) < MIN_JUDGED_WIDTH {
+            return None;
+        }
+        let area = sq.area() as u32;
+        let (x, y) = outermost[i](sq);
+        let corner = PixelBox {
+            x0: x,
+            y0: y,
+            x1: x + 1,
+            y1: y + 1,
+        };
+        let green = planes.green_count(sq) - planes.green_count(&corner);
+        Some(green as f32 / (area - 1) as f32)
+    })
+}
+
+/// Whether the outline looks drawn: corners filled (see the module's account) and no side
+/// running on past both of its corners (a label's letters under a longer line).
+pub(super) fn drawn_corners(planes: &Planes, bands: &Bands) -> bool {
+    corner_fill(planes, bands)
+        .iter()
+        .flatten()
+        .all(|&fill| fill >= 1.0 - MAX_CORNER_GAP)
+        && run_on_ends(planes, bands).iter().all(|&n| n < 2)
+}
+
+/// Length, beyond a corner, over which a side must not go on at full width: longer than
+/// JPEG's colour bleeds past the end of a line 2 px or wider.
+fn run_on_length(bands: &Bands) -> u32 {
+    bands.widths().into_iter().max().unwrap_or(1) + 4
+}
+
+/// Per side (top, right, bottom, left), how many of its two ends run on past the corner as a
+/// line of the same width: the top of a "b" or "d" goes on into its stem, and a label's
+/// letters under a longer line make a box with that line only where it runs on both ways.
+pub(super) fn run_on_ends(planes: &Planes, bands: &Bands) -> [u8; 4] {
+    let k = run_on_length(bands);
+    let (w, h) = (planes.width, planes.height);
+    let (x0, x1) = (bands.left.0, bands.right.1 + 1);
+    let (y0, y1) = (bands.top.0, bands.bottom.1 + 1);
+    let full = |b: PixelBox| {
+        b.area() > 0 && b.x1 <= w && b.y1 <= h && planes.green_count(&b) as u64 * 10 >= b.area() * 9
+    };
+    let across = |(lo, hi): (u32, u32)| (lo, hi + 1);
+    let horizontal = |(r0, r1): (u32, u32)| {
+        [
+            x0.checked_sub(k).map(|a| PixelBox {
+                x0: a,
+                x1: x0,
+                y0: r0,
+                y1: r1,
+            }),
+            Some(PixelBox {
+                x0: x1,
+                x1: x1 + k,
+                y0: r0,
+                y1: r1,
+            }),
+        ]
+    };
+    let vertical = |(c0, c1): (u32, u32)| {
+        [
+            y0.checked_sub(k).map(|a| PixelBox {
+                x0: c0,
+                x1: c1,
+                y0: a,
+                y1: y0,
+            }),
+            Some(PixelBox {
+                x0: c0,
+                x1: c1,
+                y0: y1,
+                y1: y1 + k,
+            }),
+        ]
+    };
+    // A 1-px line's colour bleeds too far past its ends to be judged.
+    let count = |(lo, hi): (u32, u32), ends: [Option<PixelBox>; 2]| {
+        if hi == lo {
+            return 0;
+        }
+        ends.into_iter().flatten().filter(|&b| full(b)).count() as u8
+    };
+    [
+        count(bands.top, horizontal(across(bands.top))),
+        count(bands.right, vertical(across(bands.right))),
+        count(bands.bottom, horizontal(across(bands.bottom))),
+        count(bands.left, vertical(across(bands.left))),
+    ]
+}
