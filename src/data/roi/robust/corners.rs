@@ -1,7 +1,8 @@
 //! What sets a drawn outline apart from a letter: a pen drawing a rectangle fills its corners
 //! (square, or rounded by at most half the line width where OpenCV joins thick lines) and
 //! draws all four sides with the same width. The bowl of a "g", "o", "D" or "0" has at least
-//! one corner rounded well beyond its stroke, and strokes that thin and thicken around it.
+//! one corner rounded well beyond its stroke, or strokes that thin and thicken around a
+//! counter hardly wider than they are.
 
 use super::super::PixelBox;
 use super::planes::Planes;
@@ -80,14 +81,37 @@ pub(super) fn corner_fill(planes: &Planes, bands: &Bands) -> [Option<f32>; 4] {
     })
 }
 
-/// Whether the outline looks drawn: corners filled (see the module's account) and no side
-/// running on past both of its corners (a label's letters under a longer line).
+/// Sides whose widths differ by this much (pixels) were not drawn with one pen...
+const UNEVEN_WIDTHS: u32 = 3;
+
+/// ...when the hollow they enclose is, in its longer direction, under this many times the
+/// widest side: the small counter of a bold "D", "R" or "8". A drawn box this small for its
+/// line is rare, and its sides are even.
+const SMALL_HOLLOW: u32 = 2;
+
+/// Whether the sides look drawn with one pen around a hollow (see the module's account): even
+/// widths, or a hollow large for the line.
+pub(super) fn one_pen(bands: &Bands) -> bool {
+    let widths = bands.widths();
+    let (thin, wide) = (
+        *widths.iter().min().expect("four sides"),
+        *widths.iter().max().expect("four sides"),
+    );
+    let hollow_w = bands.right.0.saturating_sub(bands.left.1 + 1);
+    let hollow_h = bands.bottom.0.saturating_sub(bands.top.1 + 1);
+    wide - thin < UNEVEN_WIDTHS || hollow_w.max(hollow_h) >= SMALL_HOLLOW * wide
+}
+
+/// Whether the outline looks drawn: corners filled (see the module's account), no side
+/// running on past both of its corners (a label's letters under a longer line), and sides
+/// drawn with one pen.
 pub(super) fn drawn_corners(planes: &Planes, bands: &Bands) -> bool {
     corner_fill(planes, bands)
         .iter()
         .flatten()
         .all(|&fill| fill >= 1.0 - MAX_CORNER_GAP)
         && run_on_ends(planes, bands).iter().all(|&n| n < 2)
+        && one_pen(bands)
 }
 
 /// Length, beyond a corner, over which a side must not go on at full width: longer than

@@ -14,6 +14,10 @@ const MIN_BOX_SIDE: u32 = 12;
 /// Fraction of each side that must carry green.
 const MIN_COVERAGE: f32 = 0.85;
 
+/// The same where the box spans the sides' lines only (see `score`): such a box is taken only
+/// when its sides are whole.
+const MIN_COVERAGE_WITHIN_LINES: f32 = 0.95;
+
 /// How far, beyond the line width and `END_TOLERANCE`, the ends of four bars may miss each
 /// other at a corner and still close a rectangle, as a fraction of the box width (heavy JPEG
 /// washes the colour out of thin lines near corners), and at most.
@@ -99,16 +103,48 @@ pub(super) struct Scored {
     pub(super) coverage: f32,
 }
 
-/// Checks size and side coverage, the cheap tests, before any side is placed exactly.
+/// Checks size and side coverage, the cheap tests, before any side is placed exactly. The
+/// box spans the four bars; where that fails, it spans the sides' lines only, since a mark
+/// touching a side (a label set against the box) lengthens that side's bar past the corner.
 pub(super) fn score(planes: &Planes, c: Candidate) -> Option<Scored> {
-    let view = |side| SideView { planes, side };
-    let x0 = c.left.lo.min(c.top.start).min(c.bottom.start);
-    let x1 = c.right.hi.max(c.top.end).max(c.bottom.end);
-    let y0 = c.top.lo.min(c.left.start).min(c.right.start);
-    let y1 = c.bottom.hi.max(c.left.end).max(c.right.end);
-    if x1 - x0 + 1 < MIN_BOX_SIDE || y1 - y0 + 1 < MIN_BOX_SIDE {
+    let spanning = [
+        c.left.lo.min(c.top.start).min(c.bottom.start),
+        c.top.lo.min(c.left.start).min(c.right.start),
+        c.right.hi.max(c.top.end).max(c.bottom.end),
+        c.bottom.hi.max(c.left.end).max(c.right.end),
+    ];
+    let lines = [c.left.lo, c.top.lo, c.right.hi, c.bottom.hi];
+    let try_extent = |[x0, y0, x1, y1]: [u32; 4], min_coverage| {
+        coverage_within(planes, &c, [x0, y0, x1, y1], min_coverage).map(|coverage| Scored {
+            candidate: c,
+            rough: PixelBox {
+                x0,
+                y0,
+                x1: x1 + 1,
+                y1: y1 + 1,
+            },
+            coverage,
+        })
+    };
+    try_extent(spanning, MIN_COVERAGE).or_else(|| {
+        (lines != spanning)
+            .then(|| try_extent(lines, MIN_COVERAGE_WITHIN_LINES))
+            .flatten()
+    })
+}
+
+/// The smallest coverage of the four sides of `c` over the box `[x0, y0, x1, y1]` (inclusive),
+/// if the box is large enough and every side covered at least `min_coverage`.
+fn coverage_within(
+    planes: &Planes,
+    c: &Candidate,
+    [x0, y0, x1, y1]: [u32; 4],
+    min_coverage: f32,
+) -> Option<f32> {
+    if x1 < x0 + MIN_BOX_SIDE - 1 || y1 < y0 + MIN_BOX_SIDE - 1 {
         return None;
     }
+    let view = |side| SideView { planes, side };
     let sides = [
         (Side::Top, c.top, x0, x1),
         (Side::Right, c.right, y0, y1),
@@ -118,20 +154,11 @@ pub(super) fn score(planes: &Planes, c: Candidate) -> Option<Scored> {
     let mut coverage = f32::INFINITY;
     for (side, bar, a0, a1) in sides {
         coverage = coverage.min(view(side).coverage(bar.lo, bar.hi, a0, a1));
-        if coverage < MIN_COVERAGE {
+        if coverage < min_coverage {
             return None;
         }
     }
-    Some(Scored {
-        candidate: c,
-        rough: PixelBox {
-            x0,
-            y0,
-            x1: x1 + 1,
-            y1: y1 + 1,
-        },
-        coverage,
-    })
+    Some(coverage)
 }
 
 /// Places each side of a covered candidate to the pixel.
