@@ -178,3 +178,48 @@ pub(super) fn run_on_ends(planes: &Planes, bands: &Bands) -> [u8; 4] {
         count(bands.left, vertical(across(bands.left))),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::planes::Scratch;
+    use super::*;
+    use image::RgbImage;
+
+    /// A grey image with green rectangles `[x0, y0, x1, y1)`.
+    fn with_green(rects: &[[u32; 4]]) -> RgbImage {
+        let mut img = RgbImage::from_pixel(100, 60, image::Rgb([80, 80, 80]));
+        for &[x0, y0, x1, y1] in rects {
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    img.put_pixel(x, y, image::Rgb([0, 255, 0]));
+                }
+            }
+        }
+        img
+    }
+
+    /// A small box hanging from a longer line (letters under a box's side) shares its top
+    /// side with the line, which runs on past both corners; alone, it is a drawn box.
+    #[test]
+    fn a_side_running_on_both_ways_is_not_a_drawn_box() {
+        let hanging = [[30, 10, 33, 27], [60, 10, 63, 27], [30, 24, 63, 27]];
+        let bands = Bands {
+            top: (10, 12),
+            right: (60, 62),
+            bottom: (24, 26),
+            left: (30, 32),
+        };
+        let under_line = with_green(&[&hanging[..], &[[5, 10, 95, 13]]].concat());
+        let mut scratch = Scratch::default();
+        let planes = Planes::new(&under_line, &mut scratch);
+        assert_eq!(run_on_ends(&planes, &bands), [2, 0, 0, 0]);
+        assert!(!drawn_corners(&planes, &bands));
+
+        let alone = with_green(&[&hanging[..], &[[30, 10, 63, 13]]].concat());
+        let mut scratch = Scratch::default();
+        let planes = Planes::new(&alone, &mut scratch);
+        assert_eq!(run_on_ends(&planes, &bands), [0; 4]);
+        assert_eq!(corner_fill(&planes, &bands), [Some(1.0); 4]);
+        assert!(drawn_corners(&planes, &bands));
+    }
+}

@@ -238,4 +238,77 @@ mod tests {
             }
         );
     }
+
+    /// A rectangle of the given outer box whose sides have their own widths (top, right,
+    /// bottom, left) and whose outer corners are cut round with radius `r` (0: square).
+    fn shape(img: &mut RgbImage, [x0, y0, x1, y1]: [u32; 4], [t, r_, b, l]: [u32; 4], r: u32) {
+        let rounded_out = |x: u32, y: u32| {
+            let cx = if x < x0 + r {
+                x0 + r
+            } else if x >= x1 - r {
+                x1 - 1 - r
+            } else {
+                x
+            };
+            let cy = if y < y0 + r {
+                y0 + r
+            } else if y >= y1 - r {
+                y1 - 1 - r
+            } else {
+                y
+            };
+            let (dx, dy) = (f64::from(x) - f64::from(cx), f64::from(y) - f64::from(cy));
+            dx * dx + dy * dy > f64::from(r * r)
+        };
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let on_line = x < x0 + l || x >= x1 - r_ || y < y0 + t || y >= y1 - b;
+                if on_line && !rounded_out(x, y) {
+                    img.put_pixel(x, y, image::Rgb([0, 255, 0]));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bold_letters_bowl_is_not_a_box() {
+        // Rounded corners of the stroke's size: an "o" or the bowl of a "g".
+        let mut img = grey(120, 90, 128);
+        shape(&mut img, [10, 10, 52, 50], [9, 13, 9, 13], 12);
+        assert!(detect(&img).is_empty(), "{:?}", detect(&img));
+        // The same with square corners and one width is a (thick) box.
+        let mut img = grey(120, 90, 128);
+        shape(&mut img, [10, 10, 52, 50], [9, 9, 9, 9], 0);
+        assert_eq!(detect(&img).len(), 1);
+        // Square corners but uneven strokes round a counter hardly wider than them: a "D".
+        let mut img = grey(120, 90, 128);
+        shape(&mut img, [10, 10, 31, 37], [9, 5, 7, 8], 0);
+        assert!(detect(&img).is_empty(), "{:?}", detect(&img));
+    }
+
+    #[test]
+    fn a_label_touching_a_side_leaves_the_box_found() {
+        let mut img = grey(160, 120, 70);
+        outline(&mut img, 20, 30, 60, 70, 2);
+        // A "T" set against the right side at the top corner, its bar in line with the top
+        // side: the top bar runs 9 px past the corner, more than the bottom's coverage allows
+        // over the span of all four bars.
+        for (xs, ys) in [(60..69, 30..32), (66..68, 30..42)] {
+            for y in ys {
+                for x in xs.clone() {
+                    img.put_pixel(x, y, image::Rgb([0, 255, 0]));
+                }
+            }
+        }
+        let boxes: Vec<_> = detect(&img).iter().map(|r| r.bbox).collect();
+        assert_eq!(
+            boxes,
+            vec![PixelBox {
+                x0: 20,
+                y0: 30,
+                x1: 60,
+                y1: 70
+            }]
+        );
+    }
 }
