@@ -103,10 +103,10 @@ fn robust_mode_takes_no_letter_for_a_box() {
     let report = s.failures.join("\n");
     assert!(s.with_box >= 50 && s.without_box >= 20);
     assert_eq!(s.false_positives, 0, "boxes on text-only images:\n{report}");
-    // Two images of 90 still have one (the bowl of a "b" drawn with a wide stroke, and a
-    // "Lesion" label 2 px under a box's top side that JPEG merged with it): BENCHMARKS.md.
+    // One image of 90 still has one, the bowl of a "b" drawn with a wide stroke, whose
+    // stem runs on one way only (BENCHMARKS.md).
     assert!(
-        s.spurious <= 2,
+        s.spurious <= 1,
         "{} images with a box that is not painted:\n{report}",
         s.spurious
     );

@@ -89,8 +89,12 @@ const UNEVEN_WIDTHS: u32 = 3;
 /// line is rare, and its sides are even.
 const SMALL_HOLLOW: u32 = 2;
 
+/// A hollow narrower than this (pixels) and than the widest side is the gap between a word's
+/// tops and its baseline, or a letter's slit, not the inside of a drawn box.
+const SLIT: u32 = 6;
+
 /// Whether the sides look drawn with one pen around a hollow (see the module's account): even
-/// widths, or a hollow large for the line.
+/// widths, or a hollow large for the line; and the hollow not a slit.
 pub(super) fn one_pen(bands: &Bands) -> bool {
     let widths = bands.widths();
     let (thin, wide) = (
@@ -99,7 +103,9 @@ pub(super) fn one_pen(bands: &Bands) -> bool {
     );
     let hollow_w = bands.right.0.saturating_sub(bands.left.1 + 1);
     let hollow_h = bands.bottom.0.saturating_sub(bands.top.1 + 1);
-    wide - thin < UNEVEN_WIDTHS || hollow_w.max(hollow_h) >= SMALL_HOLLOW * wide
+    let narrow = hollow_w.min(hollow_h);
+    (wide - thin < UNEVEN_WIDTHS || hollow_w.max(hollow_h) >= SMALL_HOLLOW * wide)
+        && (narrow >= SLIT || narrow >= wide)
 }
 
 /// Whether the outline looks drawn: corners filled (see the module's account), no side
