@@ -7,6 +7,7 @@
 //! writers wait for each other (busy timeout) and readers see a consistent snapshot.
 
 pub mod edits;
+pub mod predictions;
 pub mod schema;
 pub mod splits;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use edits::{Edit, EditInfo};
+pub use predictions::{Prediction, PreannotationRun};
 pub use splits::SplitRatios;
 
 /// The database file inside a project folder.
@@ -156,6 +158,8 @@ pub struct StoredRecord {
     pub created_at: String,
     /// Boxes by source, in [`BoxSource::ALL`] order.
     pub boxes: Vec<StoredBox>,
+    /// What the newest pre-annotation run that reached this record said about it.
+    pub prediction: Option<Prediction>,
 }
 
 impl StoredRecord {
@@ -374,6 +378,7 @@ impl Project {
                 cache_image: row.get(12)?,
                 created_at: row.get(13)?,
                 boxes,
+                prediction: predictions::latest_for(&tx, id)?,
             };
             f(record)?;
         }
