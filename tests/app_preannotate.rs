@@ -184,6 +184,8 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
         h.state_mut().commands.push(Command::SetBox(Some(b)));
         h.run_steps(2);
     }
+    // The prediction panel shows the stored verdict with its reason.
+    h.get_by_label_contains("pre-annotation run 1: ");
 
     // What the store says, computed here independently of the list.
     let records = all_records(&store);

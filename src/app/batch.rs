@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use egui::Ui;
 
@@ -20,6 +21,8 @@ pub struct BatchPanel {
     pub preannotate: PreannotatePanel,
     pub eval: EvalPanel,
     pub export: ExportPanel,
+    /// When the training runs were last listed for this tab.
+    runs_listed: Option<Instant>,
 }
 
 impl BatchPanel {
@@ -29,9 +32,18 @@ impl BatchPanel {
 }
 
 impl Workbench {
-    /// The project's latest training run, the default checkpoint.
+    /// The project's latest training run, the default checkpoint. Listed again every few
+    /// seconds: a run `roiscope train` made while the window was open counts too.
     fn latest_run(&mut self) -> Option<PathBuf> {
         let dir = self.project.as_ref()?.dir().to_path_buf();
+        if self
+            .batch
+            .runs_listed
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(2))
+        {
+            self.training.forget_runs();
+            self.batch.runs_listed = Some(Instant::now());
+        }
         self.training.refresh_runs(&dir);
         self.training.runs.first().cloned()
     }

@@ -295,11 +295,16 @@ impl PreannotatePanel {
             .striped(true)
             .show(ui, |ui| {
                 for run in &self.runs {
+                    // The running pass's count is newer than the one read from the store.
+                    let done = match &self.job {
+                        Some(job) if job.run_id == run.id => job.task.counts().0.max(run.done),
+                        _ => run.done,
+                    };
                     ui.label(format!("run {}", run.id));
                     ui.label(&run.scope);
                     ui.label(format!(
                         "{} of {} done{}",
-                        run.done,
+                        done,
                         run.record_ids.len(),
                         if run.errors > 0 {
                             format!(", {} failed", run.errors)

@@ -301,6 +301,13 @@ impl PredictPanel {
             }
             _ => match record.get_box(BoxSource::Predicted) {
                 Some(b) => {
+                    // A pre-annotation's verdict, with its reason and what was generated.
+                    if let Some(p) = &record.prediction {
+                        ui.label(format!("pre-annotation run {}: {}", p.run_id, p.verdict));
+                        if let Some(text) = p.generated.as_deref().filter(|t| !t.is_empty()) {
+                            ui.label(RichText::new(format!("generated: {text}")).italics());
+                        }
+                    }
                     ui.label(format!(
                         "stored predicted box [{:.3}, {:.3}, {:.3}, {:.3}]{}",
                         b.coords[0],
