@@ -103,7 +103,11 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     // Start over the list's records (all 20: no filter), cancel after a few.
     h.get_by_label("Pre-annotate").click();
     h.run_steps(2);
-    assert!(h.state().batch.preannotate.busy(), "{:?}", h.state().message);
+    assert!(
+        h.state().batch.preannotate.busy(),
+        "{:?}",
+        h.state().message
+    );
     let slowest = step_until(&mut h, "three records", Duration::from_secs(300), |wb| {
         count_rows_predicted(wb) >= 3
     });
@@ -117,7 +121,10 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     let runs = h.state().batch.preannotate.runs.clone();
     assert_eq!(runs.len(), 1);
     let first = runs[0].done;
-    assert!((3..RECORDS).contains(&first), "{first} records before the cancel");
+    assert!(
+        (3..RECORDS).contains(&first),
+        "{first} records before the cancel"
+    );
     assert_eq!(runs[0].record_ids.len(), RECORDS);
     assert_eq!(
         count(&project, "SELECT count(*) FROM predictions") as usize,
@@ -140,7 +147,10 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     );
     assert_eq!(h.state().batch.preannotate.runs[0].done, RECORDS);
     assert_eq!(
-        count(&project, "SELECT count(*) FROM predictions WHERE run_id = 1") as usize,
+        count(
+            &project,
+            "SELECT count(*) FROM predictions WHERE run_id = 1"
+        ) as usize,
         RECORDS
     );
     let failed = count(
@@ -197,13 +207,14 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
         if !p.verified {
             unverified.push(r.id);
         }
-        let overlap = r
-            .ground_truth()
-            .map(|t| iou(t.coords, p.coords.unwrap()));
+        let overlap = r.ground_truth().map(|t| iou(t.coords, p.coords.unwrap()));
         if overlap.is_some_and(|v| v < FAR_IOU) {
             far.push(r.id);
         }
-        doubts.push((r.id, doubt(p.match_score.unwrap(), p.threshold.unwrap(), overlap)));
+        doubts.push((
+            r.id,
+            doubt(p.match_score.unwrap(), p.threshold.unwrap(), overlap),
+        ));
     }
     assert!(far.contains(&far_id) && !far.contains(&near_id), "{far:?}");
 
@@ -248,7 +259,10 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     h.run_steps(2);
     let current = h.state().record.as_ref().unwrap().id;
     assert_eq!(current, order[1], "the queue goes to the next most doubted");
-    assert_eq!(store.record(order[0]).unwrap().status, ReviewStatus::Accepted);
+    assert_eq!(
+        store.record(order[0]).unwrap().status,
+        ReviewStatus::Accepted
+    );
 }
 
 fn all_records(store: &Project) -> Vec<StoredRecord> {
@@ -344,9 +358,12 @@ fn evaluate_and_export_from_the_window_match_the_commands() {
     h.state_mut().settings.model_folder = tmp.path().join("nothing").display().to_string();
     h.get_by_label("Evaluate").click();
     h.run_steps(2);
-    step_until(&mut h, "the failed evaluation", Duration::from_secs(60), |wb| {
-        wb.batch.eval.task.is_none()
-    });
+    step_until(
+        &mut h,
+        "the failed evaluation",
+        Duration::from_secs(60),
+        |wb| wb.batch.eval.task.is_none(),
+    );
     let err = h.state().batch.eval.result.clone().unwrap().err().unwrap();
     assert!(err.contains("nothing"), "{err}");
 }

@@ -58,10 +58,7 @@ impl Workbench {
         match runs {
             Ok(runs) => self.batch.preannotate.runs = runs,
             Err(e) => {
-                self.message = Some((
-                    format!("cannot read the pre-annotation runs: {e:#}"),
-                    true,
-                ))
+                self.message = Some((format!("cannot read the pre-annotation runs: {e:#}"), true))
             }
         }
     }
@@ -189,7 +186,8 @@ impl Workbench {
             }
             if let Some(result) = ended {
                 self.batch.preannotate.job = None;
-                self.batch.preannotate.note = Some(PreannotatePanel::ended(run_id, &result, errors));
+                self.batch.preannotate.note =
+                    Some(PreannotatePanel::ended(run_id, &result, errors));
                 self.refresh_preannotation_runs();
             }
         }

@@ -58,7 +58,9 @@ impl ExportPanel {
         match self.out.trim() {
             "" => {
                 let (name, ext) = format_name(self.format);
-                let split = self.split.map_or(String::new(), |s| format!("-{}", s.as_str()));
+                let split = self
+                    .split
+                    .map_or(String::new(), |s| format!("-{}", s.as_str()));
                 project.join("exports").join(format!("{name}{split}.{ext}"))
             }
             typed => PathBuf::from(typed),

@@ -146,11 +146,7 @@ impl PreannotatePanel {
                 } else {
                     String::new()
                 };
-                let what = if f.cancelled {
-                    "cancelled"
-                } else {
-                    "finished"
-                };
+                let what = if f.cancelled { "cancelled" } else { "finished" };
                 (
                     format!(
                         "pre-annotation run {run_id} {what}: {} of {} records{failed}",

@@ -20,9 +20,9 @@ impl Workbench {
             .and_then(|c| order.iter().position(|&v| v == c))
             .map_or(0, |p| p + 1);
         let n = order.len();
-        let found = (0..n).map(|k| order[(start + k) % n]).find(|&i| {
-            self.rows[i].status == ReviewStatus::Unreviewed && Some(i) != self.current
-        });
+        let found = (0..n)
+            .map(|k| order[(start + k) % n])
+            .find(|&i| self.rows[i].status == ReviewStatus::Unreviewed && Some(i) != self.current);
         match found {
             Some(i) => {
                 self.select(i);

@@ -67,9 +67,9 @@ impl<T: Send + 'static> Task<T> {
         match self.rx.try_recv() {
             Ok(r) => Some(r),
             Err(TryRecvError::Empty) => None,
-            Err(TryRecvError::Disconnected) => {
-                Some(Err("the worker stopped unexpectedly (see the terminal)".into()))
-            }
+            Err(TryRecvError::Disconnected) => Some(Err(
+                "the worker stopped unexpectedly (see the terminal)".into(),
+            )),
         }
     }
 

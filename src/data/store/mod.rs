@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use edits::{Edit, EditInfo};
-pub use predictions::{Prediction, PreannotationRun};
+pub use predictions::{PreannotationRun, Prediction};
 pub use splits::SplitRatios;
 
 /// The database file inside a project folder.

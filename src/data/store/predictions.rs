@@ -102,12 +102,7 @@ impl Project {
         self.conn.execute(
             "INSERT INTO preannotation_runs(model, checkpoint, scope, record_ids) \
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                model,
-                checkpoint,
-                scope,
-                serde_json::to_string(record_ids)?
-            ],
+            params![model, checkpoint, scope, serde_json::to_string(record_ids)?],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
