@@ -99,6 +99,15 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     let tmp = tempfile::tempdir().unwrap();
     let (project, model, run) = trained(tmp.path());
     let mut h = harness(&project, &model, &run);
+    // One record whose image the model cannot read (its marker-free copy broken): stored as
+    // failed, never skipped.
+    let store = Project::open(&project).unwrap();
+    let broken = all_records(&store)
+        .into_iter()
+        .rev()
+        .find(|r| r.cache_image.is_some())
+        .expect("a record with a marker-free copy");
+    std::fs::write(store.training_image_path(&broken), b"not an image").unwrap();
 
     // Start over the list's records (all 20: no filter), cancel after a few.
     h.get_by_label("Pre-annotate").click();
@@ -142,7 +151,10 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     });
     let (note, error) = h.state().batch.preannotate.note.clone().unwrap();
     assert!(
-        !error && note.contains("finished") && note.contains("20 of 20"),
+        !error
+            && note.contains("finished")
+            && note.contains("20 of 20")
+            && note.contains("the model failed on 1"),
         "{note}"
     );
     assert_eq!(h.state().batch.preannotate.runs[0].done, RECORDS);
@@ -155,9 +167,20 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     );
     let failed = count(
         &project,
-        "SELECT count(*) FROM predictions WHERE error IS NOT NULL",
+        &format!(
+            "SELECT count(*) FROM predictions WHERE error LIKE 'cannot read %' \
+             AND verdict LIKE 'failed: cannot read %' AND x0 IS NULL AND record_id = {}",
+            broken.id
+        ),
     );
-    assert_eq!(failed, 0, "the model ran on every sample image");
+    assert_eq!(failed, 1, "the unreadable record is stored with its error");
+    assert_eq!(
+        count(
+            &project,
+            "SELECT count(*) FROM predictions WHERE error IS NOT NULL"
+        ),
+        1
+    );
     // Each predicted box is the record's `predicted` box, its confidence the match score.
     assert_eq!(
         count(
@@ -166,7 +189,7 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
              WHERE b.source = 'predicted' AND b.x0 = p.x0 AND b.y1 = p.y1 \
              AND b.confidence = p.match_score"
         ) as usize,
-        RECORDS
+        RECORDS - 1
     );
     // Every verdict says why.
     assert_eq!(
@@ -175,15 +198,16 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
             "SELECT count(*) FROM predictions WHERE verdict LIKE 'verified: match % >= threshold %' \
              OR verdict LIKE 'unverified: %'"
         ) as usize,
-        RECORDS
+        RECORDS - 1
     );
 
     // Two corrections make "far off" certain either way: one box on the far corner from its
     // prediction, one equal to it.
     h.state_mut().tab = Tab::Review;
     h.run_steps(2);
-    let store = Project::open(&project).unwrap();
     let records = all_records(&store);
+    assert_ne!(broken.id, records[0].id);
+    assert_ne!(broken.id, records[1].id);
     let far_id = records[0].id;
     let near_id = records[1].id;
     let far_box = far_from(records[0].prediction.as_ref().unwrap().coords.unwrap());
@@ -204,6 +228,10 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     let mut doubts = Vec::new();
     for r in &records {
         let p = r.prediction.as_ref().unwrap();
+        if r.id == broken.id {
+            assert!(!p.ok());
+            continue;
+        }
         if !p.verified {
             unverified.push(r.id);
         }
@@ -235,13 +263,17 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
     assert_eq!(shown(&mut h).len(), RECORDS);
     h.state_mut().browser.filters.prediction = PredictionFilter::NotPredicted;
     assert!(shown(&mut h).is_empty());
+    h.state_mut().browser.filters.prediction = PredictionFilter::Failed;
+    assert_eq!(shown(&mut h), vec![broken.id]);
     h.state_mut().browser.filters.prediction = PredictionFilter::Any;
 
-    // The doubt order: most doubted first, ties by id.
+    // The doubt order: most doubted first, ties by id; the failed record (no doubt) last.
     h.state_mut().browser.sort = SortBy::Doubt;
     let order = shown(&mut h);
     doubts.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    assert_eq!(order, doubts.iter().map(|d| d.0).collect::<Vec<_>>());
+    let mut expected: Vec<i64> = doubts.iter().map(|d| d.0).collect();
+    expected.push(broken.id);
+    assert_eq!(order, expected);
     // The far-off correction is doubted more than the one that agrees with the model.
     let pos = |id| order.iter().position(|&o| o == id).unwrap();
     let doubt_of = |id| doubts.iter().find(|d| d.0 == id).unwrap().1;
@@ -250,7 +282,12 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
 
     // The review queue follows it: reviewing the most doubted moves to the next unreviewed in
     // that order.
-    h.state_mut().commands.push(Command::GoTo(order[0]));
+    let unreviewed: Vec<i64> = order
+        .iter()
+        .copied()
+        .filter(|&id| store.record(id).unwrap().status == ReviewStatus::Unreviewed)
+        .collect();
+    h.state_mut().commands.push(Command::GoTo(unreviewed[0]));
     h.run_steps(2);
     h.state_mut().fields.queue_mode = true;
     h.state_mut()
@@ -258,9 +295,12 @@ fn preannotation_over_20_records_cancels_resumes_and_feeds_filters_and_doubt_ord
         .push(Command::Review(ReviewStatus::Accepted));
     h.run_steps(2);
     let current = h.state().record.as_ref().unwrap().id;
-    assert_eq!(current, order[1], "the queue goes to the next most doubted");
     assert_eq!(
-        store.record(order[0]).unwrap().status,
+        current, unreviewed[1],
+        "the queue goes to the next most doubted unreviewed record"
+    );
+    assert_eq!(
+        store.record(unreviewed[0]).unwrap().status,
         ReviewStatus::Accepted
     );
 }

@@ -180,15 +180,21 @@ impl Workbench {
         if let Some(job) = &mut self.batch.preannotate.job {
             let (stored, ended) = job.poll();
             let same_project = self.project.as_ref().map(|p| p.dir()) == Some(job.project());
-            let (run_id, errors) = (job.run_id, job.errors);
+            let run_id = job.run_id;
             if same_project {
                 self.refresh_rows(&stored);
             }
             if let Some(result) = ended {
                 self.batch.preannotate.job = None;
+                self.refresh_preannotation_runs();
+                // The failures the store holds for the run, whichever pass met them.
+                let runs = &self.batch.preannotate.runs;
+                let errors = same_project
+                    .then(|| runs.iter().find(|r| r.id == run_id))
+                    .flatten()
+                    .map_or(0, |r| r.errors);
                 self.batch.preannotate.note =
                     Some(PreannotatePanel::ended(run_id, &result, errors));
-                self.refresh_preannotation_runs();
             }
         }
         if let Some(report) = self.batch.eval.poll() {

@@ -40,7 +40,6 @@ pub struct Job {
     project: PathBuf,
     task: Task<Finished>,
     steps: Receiver<Step>,
-    pub errors: usize,
 }
 
 impl Job {
@@ -66,7 +65,6 @@ impl Job {
             project,
             task,
             steps,
-            errors: 0,
         }
     }
 
@@ -85,12 +83,8 @@ impl Job {
         let ended = self.task.poll();
         let mut stored = Vec::new();
         while let Ok(step) = self.steps.try_recv() {
-            if let Step::Record {
-                record_id, error, ..
-            } = step
-            {
+            if let Step::Record { record_id, .. } = step {
                 stored.push(record_id);
-                self.errors += usize::from(error.is_some());
             }
         }
         (stored, ended)
@@ -137,7 +131,8 @@ impl PreannotatePanel {
         }
     }
 
-    /// In words, how a pass ended.
+    /// In words, how a pass ended; `errors`: the run's records the model failed on, this pass
+    /// and earlier ones.
     pub fn ended(run_id: i64, result: &Result<Finished, String>, errors: usize) -> (String, bool) {
         match result {
             Ok(f) => {
