@@ -327,12 +327,10 @@ impl Project {
         let mut boxes_stmt = tx.prepare(
             "SELECT source, x0, y0, x1, y1, confidence, who, at FROM boxes WHERE record_id = ?1",
         )?;
-        // A project never pre-annotated (most of them, and 160,000 records open on a worker)
-        // pays no lookup per record.
-        let any_predictions: bool =
-            tx.query_row("SELECT EXISTS (SELECT 1 FROM predictions)", [], |r| {
-                r.get(0)
-            })?;
+        let mut predictions_stmt = tx.prepare(&predictions::by_record_sql(clause))?;
+        let mut latest = predictions::Latest::new(
+            predictions_stmt.query_map([arg.clone()], predictions::row_by_record)?,
+        );
         let mut stmt = tx.prepare(&sql)?;
         let mut rows = stmt.query([arg])?;
         while let Some(row) = rows.next()? {
@@ -384,11 +382,7 @@ impl Project {
                 cache_image: row.get(12)?,
                 created_at: row.get(13)?,
                 boxes,
-                prediction: if any_predictions {
-                    predictions::latest_for(&tx, id)?
-                } else {
-                    None
-                },
+                prediction: latest.take(id)?,
             };
             f(record)?;
         }

@@ -6,7 +6,7 @@
 //! history: it is the model's, not an annotator's edit), so the canvas and exports show it.
 
 use anyhow::Context;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::params;
 use serde::Serialize;
 
 use super::Project;
@@ -56,8 +56,9 @@ impl PreannotationRun {
     }
 }
 
-const SELECT_PREDICTION: &str = "SELECT run_id, x0, y0, x1, y1, match_score, threshold, \
-     verified, generated, verdict, error, at FROM predictions";
+/// The columns [`prediction_from_row`] reads, in its order.
+const PREDICTION_COLUMNS: &str = "run_id, x0, y0, x1, y1, match_score, threshold, verified, \
+     generated, verdict, error, at";
 
 fn prediction_from_row(r: &rusqlite::Row) -> rusqlite::Result<Prediction> {
     let coords: [Option<f64>; 4] = [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?];
@@ -77,16 +78,48 @@ fn prediction_from_row(r: &rusqlite::Row) -> rusqlite::Result<Prediction> {
     })
 }
 
-/// The newest run's prediction for a record, inside the caller's transaction.
-pub(super) fn latest_for(
-    tx: &rusqlite::Transaction,
-    record_id: i64,
-) -> anyhow::Result<Option<Prediction>> {
-    let sql = format!("{SELECT_PREDICTION} WHERE record_id = ?1 ORDER BY run_id DESC LIMIT 1");
-    Ok(tx
-        .prepare_cached(&sql)?
-        .query_row([record_id], prediction_from_row)
-        .optional()?)
+/// The query [`Latest`] walks: the predictions of the records a pass visits (`records`: a
+/// condition on `r`, the records table, with the pass's ?1), by record id and newest run first.
+pub(super) fn by_record_sql(records: &str) -> String {
+    format!(
+        "SELECT {PREDICTION_COLUMNS}, record_id FROM predictions WHERE record_id IN \
+         (SELECT r.id FROM records r WHERE {records}) ORDER BY record_id, run_id DESC"
+    )
+}
+
+/// The newest prediction of each record, for a pass over records in id order: one index scan
+/// beside the records' own (a query per record doubled the time to read 160,000 of them).
+pub(super) struct Latest<I: Iterator<Item = rusqlite::Result<(i64, Prediction)>>> {
+    rows: std::iter::Peekable<I>,
+}
+
+/// A row of [`by_record_sql`]: the record's id and its prediction.
+pub(super) fn row_by_record(r: &rusqlite::Row) -> rusqlite::Result<(i64, Prediction)> {
+    Ok((r.get(12)?, prediction_from_row(r)?))
+}
+
+impl<I: Iterator<Item = rusqlite::Result<(i64, Prediction)>>> Latest<I> {
+    pub(super) fn new(rows: I) -> Self {
+        Latest {
+            rows: rows.peekable(),
+        }
+    }
+
+    /// The newest prediction of `record_id`; ids must come in increasing order.
+    pub(super) fn take(&mut self, record_id: i64) -> anyhow::Result<Option<Prediction>> {
+        let mut newest = None;
+        while let Some(row) = self.rows.next_if(|row| match row {
+            Ok((id, _)) => *id <= record_id,
+            Err(_) => true,
+        }) {
+            let (id, p) = row?;
+            // Newest run first: the first row of the record is the one.
+            if id == record_id && newest.is_none() {
+                newest = Some(p);
+            }
+        }
+        Ok(newest)
+    }
 }
 
 impl Project {
@@ -211,5 +244,43 @@ impl Project {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prediction(run_id: i64) -> Prediction {
+        Prediction {
+            run_id,
+            coords: Some([0.1, 0.1, 0.5, 0.5]),
+            match_score: Some(0.4),
+            threshold: Some(0.5),
+            verified: false,
+            generated: Some("x".into()),
+            verdict: "unverified: match 0.400 < threshold 0.50".into(),
+            error: None,
+            at: String::new(),
+        }
+    }
+
+    #[test]
+    fn each_record_gets_its_newest_runs_prediction_in_one_pass() {
+        // By record id, newest run first, as the query orders them.
+        let rows = vec![
+            Ok((1, prediction(2))),
+            Ok((1, prediction(1))),
+            Ok((3, prediction(1))),
+            Ok((5, prediction(4))),
+        ];
+        let mut latest = Latest::new(rows.into_iter());
+        assert_eq!(latest.take(1).unwrap().map(|p| p.run_id), Some(2));
+        assert_eq!(latest.take(2).unwrap(), None);
+        assert_eq!(latest.take(3).unwrap().map(|p| p.run_id), Some(1));
+        // Record 4 has none; 5's is not lost by asking for 4.
+        assert_eq!(latest.take(4).unwrap(), None);
+        assert_eq!(latest.take(5).unwrap().map(|p| p.run_id), Some(4));
+        assert_eq!(latest.take(6).unwrap(), None);
     }
 }
