@@ -272,6 +272,7 @@ fn row(id: i64, diagnosis: &str, status: ReviewStatus) -> Arc<Row> {
         diagnosis: diagnosis.into(),
         haystack: format!("img_{id} {diagnosis}").to_lowercase(),
         thumb: PathBuf::new(),
+        predicted: None,
     })
 }
 

@@ -12,9 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use roiscope::eval::metrics;
 use roiscope::infer::heads::{Heads, HeadsLayout};
 use roiscope::infer::Checkpoint;
-use roiscope::model::folder::{init_model, InitSize};
 use serde_json::Value;
-use support::{eval_calibrate, ok, roiscope, train};
+use support::{eval_calibrate, ok, roiscope, trained_project};
 
 fn sample_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample")
@@ -22,25 +21,7 @@ fn sample_dir() -> PathBuf {
 
 /// Prepared sample project, tiny model, and a run trained for two steps.
 fn trained(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let project = dir.join("project");
-    ok(roiscope()
-        .args(["prepare", "--input"])
-        .arg(sample_dir().join("raw_data.json"))
-        .arg("--images")
-        .arg(sample_dir())
-        .arg("--project")
-        .arg(&project));
-    let model = dir.join("model");
-    init_model(InitSize::Tiny, &model, DType::F32, 0, |_, _| {}).unwrap();
-    let run = dir.join("run");
-    train(
-        &project,
-        &model,
-        &run,
-        "batch_size = 2\ngrad_accum = 1\nlora_r = 4\n",
-        2,
-    );
-    (project, model, run)
+    trained_project(dir, &sample_dir().join("raw_data.json"))
 }
 
 fn read_json(path: &Path) -> Value {

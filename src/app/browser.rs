@@ -2,6 +2,7 @@
 
 use egui::{Color32, RichText, Sense, Ui, Vec2};
 
+use super::doubt::Predicted;
 use super::images::{ImageCache, ImageKey, Slot, THUMB_SIZE};
 use super::view::{sort_all, Rows, View};
 use super::Command;
@@ -20,6 +21,8 @@ pub struct Row {
     /// Everything the text search looks in, lower case.
     pub haystack: String,
     pub thumb: std::path::PathBuf,
+    /// The newest pre-annotation's verdict, box overlap and doubt.
+    pub predicted: Option<Predicted>,
 }
 
 impl Row {
@@ -47,6 +50,10 @@ impl Row {
             diagnosis: r.diagnosis.clone(),
             haystack: haystack.to_lowercase(),
             thumb,
+            predicted: r
+                .prediction
+                .as_ref()
+                .map(|p| Predicted::of(p, r.ground_truth().map(|b| b.coords))),
         }
     }
 }
@@ -59,11 +66,57 @@ pub enum BoxFilter {
     Without,
 }
 
+/// Which records by what the model said about them (pre-annotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PredictionFilter {
+    #[default]
+    Any,
+    /// The model ran on the record (failed included).
+    Predicted,
+    NotPredicted,
+    /// Predicted, and the diagnosis withheld.
+    Unverified,
+    /// The predicted box's IoU with the record's box is under [`super::doubt::FAR_IOU`].
+    FarBox,
+    /// The model failed on the record.
+    Failed,
+}
+
+impl PredictionFilter {
+    pub const ALL: [(PredictionFilter, &'static str); 6] = [
+        (PredictionFilter::Any, "predicted or not"),
+        (PredictionFilter::Predicted, "predicted"),
+        (PredictionFilter::NotPredicted, "not predicted"),
+        (PredictionFilter::Unverified, "unverified"),
+        (PredictionFilter::FarBox, "box far off"),
+        (PredictionFilter::Failed, "prediction failed"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map_or("", |(_, n)| n)
+    }
+
+    pub fn matches(self, p: Option<&Predicted>) -> bool {
+        match self {
+            PredictionFilter::Any => true,
+            PredictionFilter::Predicted => p.is_some(),
+            PredictionFilter::NotPredicted => p.is_none(),
+            PredictionFilter::Unverified => p.is_some_and(|p| !p.failed && !p.verified),
+            PredictionFilter::FarBox => p.is_some_and(Predicted::far),
+            PredictionFilter::Failed => p.is_some_and(|p| p.failed),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filters {
     pub status: Option<ReviewStatus>,
     pub split: Option<Split>,
     pub boxes: BoxFilter,
+    pub prediction: PredictionFilter,
     pub text: String,
 }
 
@@ -90,6 +143,7 @@ impl Filters {
                 BoxFilter::With => r.has_box,
                 BoxFilter::Without => !r.has_box,
             }
+            && self.prediction.matches(r.predicted.as_ref())
             && words.iter().all(|w| r.haystack.contains(w.as_str()))
     }
 }
@@ -102,14 +156,18 @@ pub enum SortBy {
     Image,
     Status,
     Diagnosis,
+    /// Most doubted by the model first (see [`super::doubt`]); records without a prediction
+    /// last. The review queue follows this order.
+    Doubt,
 }
 
 impl SortBy {
-    pub const ALL: [(SortBy, &'static str); 4] = [
+    pub const ALL: [(SortBy, &'static str); 5] = [
         (SortBy::Id, "by id"),
         (SortBy::Image, "by image"),
         (SortBy::Status, "by status"),
         (SortBy::Diagnosis, "by diagnosis"),
+        (SortBy::Doubt, "by model doubt"),
     ];
     fn name(self) -> &'static str {
         SortBy::ALL
@@ -225,6 +283,18 @@ impl Browser {
                 })
                 .response
                 .on_hover_text("Filter by whether the record has a detected or corrected box");
+            egui::ComboBox::from_id_salt("prediction-filter")
+                .selected_text(f.prediction.name())
+                .show_ui(ui, |ui| {
+                    for (p, name) in PredictionFilter::ALL {
+                        ui.selectable_value(&mut f.prediction, p, name);
+                    }
+                })
+                .response
+                .on_hover_text(
+                    "Filter by the model's pre-annotation: predicted, unverified (diagnosis \
+                     withheld), box far off (IoU with the record's box under 0.5), failed",
+                );
             egui::ComboBox::from_id_salt("sort")
                 .selected_text(self.sort.name())
                 .show_ui(ui, |ui| {
@@ -233,7 +303,10 @@ impl Browser {
                     }
                 })
                 .response
-                .on_hover_text("Order of the list (PageDown/PageUp follow it)");
+                .on_hover_text(
+                    "Order of the list (PageDown/PageUp follow it; by model doubt, the review \
+                     queue and N do too)",
+                );
         });
         let visible = self.view.order();
         let [unreviewed, accepted, rejected, needs_fix] = self.view.counts();
@@ -326,12 +399,31 @@ impl Browser {
                                 (false, false) => "no box",
                             };
                             ui.label(RichText::new(boxes).small());
+                            if let Some(p) = &row.predicted {
+                                ui.label(RichText::new(prediction_note(p)).small());
+                            }
                         });
                     });
                 });
             }
         });
     }
+}
+
+/// The list's short note on a prediction: "unverified 0.52 · IoU 0.31".
+fn prediction_note(p: &Predicted) -> String {
+    if p.failed {
+        return "prediction failed".into();
+    }
+    let mut note = format!(
+        "{} {:.2}",
+        if p.verified { "verified" } else { "unverified" },
+        p.score.unwrap_or(0.0)
+    );
+    if let Some(v) = p.iou {
+        note += &format!(" · IoU {v:.2}");
+    }
+    note
 }
 
 pub fn status_colour(s: ReviewStatus) -> Color32 {

@@ -4,7 +4,10 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("F1 or ?", "show or hide this help"),
     ("PageDown / J", "next record"),
     ("PageUp / K", "previous record"),
-    ("N", "next unreviewed record"),
+    (
+        "N",
+        "next unreviewed record (sorted by model doubt: the next most doubted)",
+    ),
     ("Ctrl+G", "go to a record by its id (#N)"),
     (
         "Enter / Shift+Enter",

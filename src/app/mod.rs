@@ -3,11 +3,17 @@
 //!
 //! Layout of the code, one concern per file: [`Workbench`] owns the state and drains the
 //! [`Command`]s that panels push (UI code does no side effects inline); [`browser`], [`canvas`],
-//! [`fields`], [`training`] and [`predict`] are the panels; [`images`] decodes off the UI thread;
+//! [`fields`], [`training`] and [`predict`] are the panels; [`batch`] is the tab of work over
+//! many records (pre-annotation, evaluation, export, each on a [`task`]); [`images`] decodes off
+//! the UI thread;
 //! [`settings`] is what survives a restart; [`shortcuts`] maps keys to commands.
 
+pub mod batch;
 pub mod browser;
 pub mod canvas;
+pub mod doubt;
+pub mod evaluate;
+pub mod export;
 pub mod fields;
 pub mod file_dialog;
 pub mod fonts;
@@ -16,10 +22,13 @@ pub mod images;
 pub mod model_folder;
 pub mod new_project;
 pub mod open;
+pub mod preannotate;
 pub mod predict;
+pub mod queue;
 pub mod sample;
 pub mod settings;
 pub mod shortcuts;
+pub mod task;
 pub mod thin;
 pub mod training;
 pub mod view;
@@ -88,12 +97,23 @@ pub enum Command {
     OneToOne,
     ToggleMarkerRemoved,
     ToggleHelp,
+    /// Batch tab: start a pre-annotation run over its scope.
+    Preannotate,
+    /// Batch tab: go on with this run's records that have no prediction yet.
+    ResumePreannotation(i64),
+    CancelPreannotation,
+    Evaluate,
+    Export,
+    /// Open a file with the desktop's application for it (the evaluation report).
+    OpenFile(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tab {
     Review,
     Training,
+    /// Pre-annotation, evaluation and export.
+    Batch,
 }
 
 pub struct Workbench {
@@ -115,6 +135,7 @@ pub struct Workbench {
     pub training: TrainingPanel,
     pub model_folder: model_folder::ModelFolderPanel,
     pub predict: PredictPanel,
+    pub batch: batch::BatchPanel,
     pub commands: Vec<Command>,
     pub tab: Tab,
     pub show_help: bool,
@@ -146,6 +167,7 @@ impl Workbench {
             training: TrainingPanel::default(),
             model_folder: model_folder::ModelFolderPanel::default(),
             predict: PredictPanel::default(),
+            batch: batch::BatchPanel::default(),
             commands: Vec::new(),
             tab: Tab::Review,
             show_help: false,
@@ -199,6 +221,7 @@ impl Workbench {
                 self.current = None;
                 self.record = None;
                 self.fields.reload();
+                self.refresh_preannotation_runs();
                 if !self.rows.is_empty() {
                     self.select(0);
                 }
@@ -359,6 +382,9 @@ impl Workbench {
     }
 
     fn run_command(&mut self, c: Command) {
+        if self.run_batch_command(&c) {
+            return;
+        }
         match c {
             Command::OpenProject(dir) => self.open_in_background(dir),
             Command::OpenSample => {
@@ -406,20 +432,7 @@ impl Workbench {
                 self.select(next);
                 self.browser.scroll_to = Some(next);
             }
-            Command::NextUnreviewed => {
-                let start = self.current.map_or(0, |c| c + 1);
-                let n = self.rows.len();
-                let found = (0..n).map(|k| (start + k) % n).find(|&i| {
-                    self.rows[i].status == ReviewStatus::Unreviewed && Some(i) != self.current
-                });
-                match found {
-                    Some(i) => {
-                        self.select(i);
-                        self.browser.scroll_to = Some(i);
-                    }
-                    None => self.message = Some(("every record is reviewed".into(), false)),
-                }
-            }
+            Command::NextUnreviewed => self.next_unreviewed(),
             Command::SetBox(b) => self.apply(Edit::SetBox {
                 source: BoxSource::Corrected,
                 coords: b,
@@ -471,6 +484,12 @@ impl Workbench {
             Command::OneToOne => self.canvas.one_to_one(),
             Command::ToggleMarkerRemoved => self.settings.layers.marker_removed ^= true,
             Command::ToggleHelp => self.show_help ^= true,
+            Command::Preannotate
+            | Command::ResumePreannotation(_)
+            | Command::CancelPreannotation
+            | Command::Evaluate
+            | Command::Export
+            | Command::OpenFile(_) => {}
         }
     }
 
@@ -502,6 +521,7 @@ impl Workbench {
         self.training.guard_close(&ctx);
         self.predict.poll();
         self.poll_opening(&ctx);
+        self.poll_batch(&ctx);
         let refreshed = self.browser.view.refresh(
             &self.rows,
             self.rows_generation,
@@ -537,6 +557,7 @@ impl Workbench {
                     &mut self.settings.smoothing,
                 );
             }
+            Tab::Batch => self.batch_ui(ui),
         }
         if self.show_help {
             let mut open = true;
@@ -650,6 +671,8 @@ impl Workbench {
                 .on_hover_text("Browse, correct and review records");
             ui.selectable_value(&mut self.tab, Tab::Training, "Training")
                 .on_hover_text("Train a model on this project and watch the losses");
+            ui.selectable_value(&mut self.tab, Tab::Batch, "Batch")
+                .on_hover_text("Pre-annotate records with a checkpoint, evaluate it, export");
             if let Some(p) = &self.project {
                 ui.label(RichText::new(p.dir().display().to_string()).small())
                     .on_hover_text("The open project");

@@ -15,7 +15,8 @@ use egui::{Color32, RichText, Ui};
 use super::Command;
 use crate::data::image_io::{load_rgb8, LoadOptions};
 use crate::data::store::{BoxSource, StoredRecord};
-use crate::infer::{Outcome, Pipeline, DEFAULT_QUESTION};
+pub use crate::infer::verdict::verdict_with_reason;
+use crate::infer::{preannotate::question_of, Outcome, Pipeline};
 use crate::model::quantized::WeightFormat;
 
 struct Job {
@@ -98,26 +99,23 @@ fn worker(jobs: Receiver<Job>, replies: Sender<Reply>) {
     }
 }
 
-/// The verdict with why: "verified: match 0.85 >= threshold 0.50", "unverified: match 0.41 <
-/// threshold 0.68", "unverified: no diagnosis generated (match 0.85 not used)".
-pub fn verdict_with_reason(o: &Outcome) -> String {
-    let score = f64::from(o.match_score);
-    if o.verified {
-        format!("verified: match {score:.3} >= threshold {:.2}", o.threshold)
-    } else if o.generated.trim().is_empty() {
-        format!("unverified: no diagnosis generated (match {score:.3} not used)")
-    } else if score < o.threshold {
-        format!(
-            "unverified: match {score:.3} < threshold {:.2}",
-            o.threshold
-        )
-    } else {
-        // Not reached by the pipeline today; said plainly rather than left unexplained.
-        format!(
-            "unverified: match {score:.3}, threshold {:.2} (the pipeline withheld it)",
-            o.threshold
-        )
-    }
+/// The "Weights" choice: how the model's weights are stored when it is loaded.
+pub fn weights_ui(ui: &mut Ui, id: &str, weights: &mut WeightFormat) {
+    let label = ui.label("Weights");
+    egui::ComboBox::from_id_salt(id)
+        .selected_text(weights.name())
+        .show_ui(ui, |ui| {
+            for format in WeightFormat::ALL {
+                ui.selectable_value(weights, format, format.name());
+            }
+        })
+        .response
+        .labelled_by(label.id)
+        .on_hover_text(
+            "How the model's weights are stored: f32 (exact, most memory), bf16, or quantised \
+             q8_0 / q4k (less memory, faster on a CPU; the adapter is merged in). Taken at the \
+             next load",
+        );
 }
 
 impl PredictPanel {
@@ -173,14 +171,7 @@ impl PredictPanel {
             self.jobs = Some(jtx);
             self.replies = Some(rrx);
         }
-        let question = record
-            .record
-            .get("messages")
-            .and_then(|m| m.as_array())
-            .and_then(|m| m.iter().find(|m| m["role"] == "user"))
-            .and_then(|m| m["content"].as_str())
-            .unwrap_or(DEFAULT_QUESTION)
-            .to_string();
+        let question = question_of(record);
         let job = Job {
             record: record.id,
             model: PathBuf::from(model.trim()),
@@ -234,23 +225,7 @@ impl PredictPanel {
             ui.add_enabled(self.override_threshold, egui::Slider::new(threshold, 0.0..=1.0))
                 .on_hover_text("A diagnosis whose match score is under this is withheld as unverified");
         });
-        ui.horizontal(|ui| {
-            let label = ui.label("Weights");
-            egui::ComboBox::from_id_salt("predict-weights")
-                .selected_text(self.weights.name())
-                .show_ui(ui, |ui| {
-                    for format in WeightFormat::ALL {
-                        ui.selectable_value(&mut self.weights, format, format.name());
-                    }
-                })
-                .response
-                .labelled_by(label.id)
-                .on_hover_text(
-                    "How the model's weights are stored: f32 (exact, most memory), bf16, or \
-                     quantised q8_0 / q4k (less memory, faster on a CPU; the adapter is merged \
-                     in). Taken at the next load",
-                );
-        });
+        ui.horizontal(|ui| weights_ui(ui, "predict-weights", &mut self.weights));
         let ready = !model.trim().is_empty() && !self.checkpoint.trim().is_empty();
         let busy = self.running.is_some();
         if ui
@@ -270,11 +245,6 @@ impl PredictPanel {
         {
             let t = self.override_threshold.then_some(*threshold);
             self.request(ui.ctx(), record, image, model, t);
-        }
-        if let (Some(running), Some((id, text))) = (self.running, &self.partial) {
-            if running == record.id && *id == record.id {
-                ui.label(RichText::new(format!("generating: {text}")).italics());
-            }
         }
         if let (Some(running), Some((id, text))) = (self.running, &self.partial) {
             if running == record.id && *id == record.id {
@@ -331,6 +301,13 @@ impl PredictPanel {
             }
             _ => match record.get_box(BoxSource::Predicted) {
                 Some(b) => {
+                    // A pre-annotation's verdict, with its reason and what was generated.
+                    if let Some(p) = &record.prediction {
+                        ui.label(format!("pre-annotation run {}: {}", p.run_id, p.verdict));
+                        if let Some(text) = p.generated.as_deref().filter(|t| !t.is_empty()) {
+                            ui.label(RichText::new(format!("generated: {text}")).italics());
+                        }
+                    }
                     ui.label(format!(
                         "stored predicted box [{:.3}, {:.3}, {:.3}, {:.3}]{}",
                         b.coords[0],
@@ -353,43 +330,5 @@ impl PredictPanel {
                 }
             },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn outcome(score: f32, threshold: f64, text: &str) -> Outcome {
-        Outcome {
-            roi: [0.1, 0.1, 0.5, 0.5],
-            box_px: [10, 10, 40, 40],
-            width: 100,
-            height: 100,
-            match_score: score,
-            threshold,
-            // As the pipeline decides it.
-            verified: f64::from(score) >= threshold && !text.trim().is_empty(),
-            generated: text.into(),
-            generated_tokens: text.split_whitespace().count(),
-            verify_tokens: 2,
-            timings: Default::default(),
-        }
-    }
-
-    #[test]
-    fn every_verdict_says_why() {
-        assert_eq!(
-            verdict_with_reason(&outcome(0.852, 0.5, " \n")),
-            "unverified: no diagnosis generated (match 0.852 not used)"
-        );
-        assert_eq!(
-            verdict_with_reason(&outcome(0.41, 0.68, "a cyst")),
-            "unverified: match 0.410 < threshold 0.68"
-        );
-        assert_eq!(
-            verdict_with_reason(&outcome(0.9, 0.68, "a cyst")),
-            "verified: match 0.900 >= threshold 0.68"
-        );
     }
 }

@@ -555,6 +555,12 @@ impl TrainingPanel {
         }
     }
 
+    /// Lists the runs again at the next [`Self::refresh_runs`] (another process may have made
+    /// one: `roiscope train`).
+    pub fn forget_runs(&mut self) {
+        self.runs_of = None;
+    }
+
     pub fn refresh_runs(&mut self, project: &Path) {
         if self.runs_of.as_deref() == Some(project) {
             return;

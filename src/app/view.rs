@@ -271,6 +271,16 @@ pub fn sort_all(rows: &Rows, sort: SortBy) -> Vec<u32> {
             v.sort_by_key(|i| ReviewStatus::ALL.iter().position(|s| *s == row(i).status))
         }
         SortBy::Diagnosis => v.sort_by(|a, b| natural_cmp(&row(a).diagnosis, &row(b).diagnosis)),
+        SortBy::Doubt => {
+            // Most doubted first; no prediction (or a failed one) last. Stable: ties by id.
+            let key = |i: &u32| row(i).predicted.and_then(|p| p.doubt);
+            v.sort_by(|a, b| match (key(a), key(b)) {
+                (Some(x), Some(y)) => y.total_cmp(&x),
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (None, None) => Ordering::Equal,
+            })
+        }
     }
     v
 }

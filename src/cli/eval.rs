@@ -3,17 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
-
-use crate::model::quantized::WeightFormat;
-use anyhow::Context;
-use serde_json::json;
+use std::sync::atomic::AtomicBool;
 
 use super::infer::parse_device;
-use crate::data::store::{Project, Split};
-use crate::eval::{self, metrics, report};
-use crate::infer::{write_calibration, Calibration, Pipeline, ThresholdSource};
-use crate::train::data::load_examples;
+use crate::data::store::Split;
+use crate::eval::evaluate::{evaluate, EvalRequest};
+use crate::model::quantized::WeightFormat;
 
 pub const LONG_ABOUT: &str = "Evaluate a trained checkpoint on a project split.\n\n\
     Every record runs through locate -> diagnose -> verify as `roiscope infer --adapter` does; \
@@ -68,131 +63,49 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        args.target_sensitivity > 0.0 && args.target_sensitivity <= 1.0,
-        "--target-sensitivity must be in (0, 1]"
-    );
-    let project = Project::open(&args.project)?;
-    let mut examples = load_examples(&project, args.split)?;
-    anyhow::ensure!(
-        !examples.is_empty(),
-        "the {} split of {} is empty",
-        args.split.as_str(),
-        args.project.display()
-    );
-    if args.limit > 0 {
-        examples.truncate(args.limit);
-    }
     let device = parse_device(&args.device)?;
-    let mut pipeline = Pipeline::open_in(
-        &args.model,
-        &args.adapter,
-        args.threshold,
-        args.weights,
+    let req = EvalRequest {
+        project: args.project,
+        model: args.model,
+        adapter: args.adapter,
+        split: args.split,
+        out: args.out,
+        calibrate: args.calibrate.then_some(args.target_sensitivity),
+        threshold: args.threshold,
+        max_new_tokens: args.max_new_tokens,
+        limit: args.limit,
+        weights: args.weights,
+    };
+    // The bar's length is known once the split is read.
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let never = AtomicBool::new(false);
+    let result = evaluate(
+        &req,
         &device,
-    )?;
-    eprintln!("{}", pipeline.weights.summary());
-    pipeline.max_new_tokens = args.max_new_tokens;
-    let out = args.out.clone().unwrap_or_else(|| {
-        pipeline
-            .checkpoint
-            .run
-            .join(format!("eval-{}", args.split.as_str()))
-    });
-    let bar = super::infer::pipeline::progress_bar(examples.len());
-    let started = Instant::now();
-    let mut cases = eval::run_cases(&pipeline, &examples, |done, _| {
-        bar.set_position(done as u64)
-    });
-    bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
-    let mut threshold = pipeline.threshold;
-    let mut threshold_source = serde_json::to_value(&pipeline.threshold_source)?;
-    let mut calibration = None;
-    if args.calibrate {
-        let (scores, labels) = eval::pair_scores(&cases);
-        let t = metrics::threshold_for_sensitivity(&scores, &labels, args.target_sensitivity)
-            .context("no true pair was scored: nothing to calibrate on")?;
-        let rates = metrics::rates_at(&scores, &labels, t);
-        let cal = Calibration {
-            threshold: t,
-            target_sensitivity: args.target_sensitivity,
-            sensitivity: 1.0 - rates.false_negative_rate.unwrap_or(1.0),
-            false_positive_rate: rates.false_positive_rate,
-            split: args.split.as_str().into(),
-            positives: labels.iter().filter(|&&l| l).count(),
-            negatives: labels.iter().filter(|&&l| !l).count(),
-            checkpoint: pipeline.checkpoint.name(),
-        };
-        let file = write_calibration(&pipeline.checkpoint, &cal)?;
-        eprintln!(
-            "calibrated threshold {t:.4} (sensitivity {:.3}, false-positive rate {}) -> {}",
-            cal.sensitivity,
-            cal.false_positive_rate
-                .map_or("n/a".into(), |v| format!("{v:.3}")),
-            file.display()
-        );
-        threshold = t;
-        threshold_source = json!({"source": "calibrated_now", "file": file});
-        calibration = Some(cal);
-    } else if let ThresholdSource::Calibrated { checkpoint, .. } = &pipeline.threshold_source {
-        if *checkpoint != pipeline.checkpoint.name() {
-            eprintln!(
-                "warning: the run's calibration was made on {checkpoint}, this is {}",
-                pipeline.checkpoint.name()
-            );
-        }
-    }
-    let summary = eval::summarise(&mut cases, threshold, seconds);
-    let meta = json!({
-        "model": args.model.display().to_string(),
-        "checkpoint": pipeline.checkpoint.dir.display().to_string(),
-        "project": args.project.display().to_string(),
-        "split": args.split.as_str(),
-        "heads_layout": pipeline.heads.layout,
-        "threshold_source": threshold_source,
-        "calibration": calibration,
-        "max_new_tokens": args.max_new_tokens,
-        "weights": pipeline.weights,
-        "metrics": {
-            "rouge_l": "rouge-score RougeScorer(['rougeL']) F1, its tokenizer, no stemmer; CJK characters one token each",
-            "bleu4": "NLTK sentence_bleu, weights 0.25 x 4, SmoothingFunction().method3, on the same tokens",
-            "auc": "scikit-learn roc_auc_score (trapezoid, ties as one step)",
+        |done, total| {
+            bar.get_or_insert_with(|| super::infer::pipeline::progress_bar(total))
+                .set_position(done as u64)
         },
-        "roiscope_version": env!("CARGO_PKG_VERSION"),
-    });
-    let (json_path, html_path) = report::write(&out, &meta, &summary, &cases)?;
-    let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
-    println!(
-        "{} records ({} errors) in {seconds:.1} s ({:.2} images/s)",
-        summary.records, summary.errors, summary.images_per_second
+        &never,
     );
-    println!(
-        "ROI: mean IoU {}, IoU@0.5 {}",
-        f(summary.roi.mean_iou),
-        f(summary.roi.iou_at_0_5)
-    );
-    println!(
-        "match: AUC {}, at threshold {threshold:.3} FNR {} FPR {}",
-        f(summary.matching.auc),
-        f(summary.matching.rates.false_negative_rate),
-        f(summary.matching.rates.false_positive_rate)
-    );
-    println!(
-        "text: ROUGE-L {}, BLEU-4 {}, exact match {}",
-        f(summary.text.rouge_l),
-        f(summary.text.bleu4),
-        f(summary.text.exact_match)
-    );
-    println!(
-        "gate: coverage {}, accuracy of released {}",
-        f(summary.gate.coverage),
-        f(summary.gate.released_accuracy)
-    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let evaluation = result?;
+    eprintln!("{}", evaluation.weights);
+    if let Some(line) = evaluation.calibration_line() {
+        eprintln!("{line}");
+    }
+    for w in &evaluation.warnings {
+        eprintln!("warning: {w}");
+    }
+    for line in evaluation.lines() {
+        println!("{line}");
+    }
     println!(
         "report: {} and {}",
-        json_path.display(),
-        html_path.display()
+        evaluation.json_path.display(),
+        evaluation.html_path.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -50,58 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         name: args.name,
     };
     let summary = export(&project, args.format, &opts, &args.out)?;
-    let mut line = format!("exported {} records", summary.records);
-    if summary.without_box > 0 {
-        line += &format!(
-            "; left out {} without a box (the seed's trainer needs roi_coords; \
-             `--format jsonl` keeps them)",
-            summary.without_box
-        );
-    }
-    if !summary.without_question.is_empty() {
-        let ids: Vec<String> = summary
-            .without_question
-            .iter()
-            .take(5)
-            .map(i64::to_string)
-            .collect();
-        line += &format!(
-            "; left out {} without a user question holding one <image> (records {}{})",
-            summary.without_question.len(),
-            ids.join(", "),
-            if summary.without_question.len() > 5 {
-                ", ..."
-            } else {
-                ""
-            }
-        );
-    }
-    eprintln!("{line}");
-    let m = &summary.media;
-    if m.rendered + m.copied > 0 {
-        eprintln!(
-            "{} DICOM images rendered and {} marker-free copies placed in {}",
-            m.rendered,
-            m.copied,
-            crate::data::export::media_folder(&args.out).display()
-        );
-    }
-    if let Some(dir) = &summary.media_dir {
-        eprintln!("image paths are relative to {}", dir.display());
-    }
-    if m.unreadable > 0 {
-        eprintln!(
-            "warning: {} input images could not be opened (their paths are exported as they \
-             are); first: {}",
-            m.unreadable,
-            m.first_unreadable.as_deref().unwrap_or("?")
-        );
-    }
-    if let Some(name) = &summary.dataset_name {
-        eprintln!(
-            "dataset \"{name}\" entered in {}",
-            args.out.with_file_name("dataset_info.json").display()
-        );
+    for line in summary.lines(&args.out) {
+        eprintln!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,9 +5,12 @@
 //! another record that says something else (a mismatched pair): those two give the match ROC,
 //! AUC, the error rates at the threshold and the calibration.
 //!
+//! - [`evaluate`]: one evaluation from the split to the written report (the command's and the
+//!   window's);
 //! - [`metrics`]: the metrics themselves, checked against scikit-learn, rouge-score and NLTK;
 //! - [`report`]: `report.json` and the self-contained `report.html`.
 
+pub mod evaluate;
 pub mod metrics;
 pub mod report;
 
@@ -196,10 +199,23 @@ pub fn pair_scores(cases: &[Case]) -> (Vec<f64>, Vec<bool>) {
 pub fn run_cases(
     pipeline: &Pipeline,
     examples: &[Example],
+    progress: impl FnMut(usize, usize),
+) -> Vec<Case> {
+    run_cases_until(pipeline, examples, progress, || false)
+}
+
+/// [`run_cases`], stopping before the next example once `stop()` says so (the cases so far).
+pub fn run_cases_until(
+    pipeline: &Pipeline,
+    examples: &[Example],
     mut progress: impl FnMut(usize, usize),
+    stop: impl Fn() -> bool,
 ) -> Vec<Case> {
     let mut cases = Vec::with_capacity(examples.len());
     for i in 0..examples.len() {
+        if stop() {
+            break;
+        }
         cases.push(evaluate_one(pipeline, examples, i));
         progress(i + 1, examples.len());
     }

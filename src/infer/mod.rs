@@ -12,10 +12,14 @@
 //!    ([`Pipeline::score_pair`] runs the whole pair again and gives the same score).
 //!
 //! - [`heads`]: strict loading of the heads, roiscope's layout or the seed's;
-//! - [`overlay`]: the overlay PNG and its bitmap font.
+//! - [`overlay`]: the overlay PNG and its bitmap font;
+//! - [`preannotate`]: the pipeline over a project's records, stored with their run;
+//! - [`verdict`]: the verdict with its reason.
 
 pub mod heads;
 pub mod overlay;
+pub mod preannotate;
+pub mod verdict;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

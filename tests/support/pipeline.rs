@@ -2,8 +2,11 @@
 //! tests/verify_gate.rs).
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use candle_core::DType;
+use roiscope::model::folder::{init_model, InitSize};
 
 pub fn roiscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_roiscope"))
@@ -62,4 +65,29 @@ pub fn eval_calibrate(
             &target.to_string(),
         ])
         .args(extra))
+}
+
+/// `input` (seed-format records over the sample images) prepared into `dir/project`, a tiny
+/// random model in `dir/model`, and a run trained on it for two steps in `dir/run`.
+pub fn trained_project(dir: &Path, input: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/sample");
+    let project = dir.join("project");
+    ok(roiscope()
+        .args(["prepare", "-q", "--input"])
+        .arg(input)
+        .arg("--images")
+        .arg(&sample)
+        .arg("--project")
+        .arg(&project));
+    let model = dir.join("model");
+    init_model(InitSize::Tiny, &model, DType::F32, 0, |_, _| {}).unwrap();
+    let run = dir.join("run");
+    train(
+        &project,
+        &model,
+        &run,
+        "batch_size = 2\ngrad_accum = 1\nlora_r = 4\n",
+        2,
+    );
+    (project, model, run)
 }

@@ -73,6 +73,67 @@ pub struct ExportSummary {
     pub dataset_name: Option<String>,
 }
 
+impl ExportSummary {
+    /// What an export to `out` did, in lines for a person (`roiscope export` prints them, the
+    /// window shows them): what was written, what was left out and why, where images went.
+    pub fn lines(&self, out: &Path) -> Vec<String> {
+        let mut line = format!("exported {} records", self.records);
+        if self.without_box > 0 {
+            line += &format!(
+                "; left out {} without a box (the seed's trainer needs roi_coords; \
+                 `--format jsonl` keeps them)",
+                self.without_box
+            );
+        }
+        if !self.without_question.is_empty() {
+            let ids: Vec<String> = self
+                .without_question
+                .iter()
+                .take(5)
+                .map(i64::to_string)
+                .collect();
+            line += &format!(
+                "; left out {} without a user question holding one <image> (records {}{})",
+                self.without_question.len(),
+                ids.join(", "),
+                if self.without_question.len() > 5 {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        let mut lines = vec![line];
+        let m = &self.media;
+        if m.rendered + m.copied > 0 {
+            lines.push(format!(
+                "{} DICOM images rendered and {} marker-free copies placed in {}",
+                m.rendered,
+                m.copied,
+                media_folder(out).display()
+            ));
+        }
+        if let Some(dir) = &self.media_dir {
+            lines.push(format!("image paths are relative to {}", dir.display()));
+        }
+        if m.unreadable > 0 {
+            lines.push(format!(
+                "warning: {} input images could not be opened (their paths are exported as \
+                 they are); first: {}",
+                m.unreadable,
+                m.first_unreadable.as_deref().unwrap_or("?")
+            ));
+        }
+        if let Some(name) = &self.dataset_name {
+            lines.push(format!(
+                "dataset \"{name}\" entered in {}",
+                out.with_file_name("dataset_info.json").display()
+            ));
+        }
+        lines
+    }
+}
+
 /// Where renderings and marker-free copies of an export to `out` go: `<stem>-media/` beside it.
 pub fn media_folder(out: &Path) -> PathBuf {
     let stem = out.file_stem().unwrap_or_default().to_string_lossy();

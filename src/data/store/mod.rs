@@ -7,6 +7,7 @@
 //! writers wait for each other (busy timeout) and readers see a consistent snapshot.
 
 pub mod edits;
+pub mod predictions;
 pub mod schema;
 pub mod splits;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use edits::{Edit, EditInfo};
+pub use predictions::{PreannotationRun, Prediction};
 pub use splits::SplitRatios;
 
 /// The database file inside a project folder.
@@ -156,6 +158,8 @@ pub struct StoredRecord {
     pub created_at: String,
     /// Boxes by source, in [`BoxSource::ALL`] order.
     pub boxes: Vec<StoredBox>,
+    /// What the newest pre-annotation run that reached this record said about it.
+    pub prediction: Option<Prediction>,
 }
 
 impl StoredRecord {
@@ -323,6 +327,10 @@ impl Project {
         let mut boxes_stmt = tx.prepare(
             "SELECT source, x0, y0, x1, y1, confidence, who, at FROM boxes WHERE record_id = ?1",
         )?;
+        let mut predictions_stmt = tx.prepare(&predictions::by_record_sql(clause))?;
+        let mut latest = predictions::Latest::new(
+            predictions_stmt.query_map([arg.clone()], predictions::row_by_record)?,
+        );
         let mut stmt = tx.prepare(&sql)?;
         let mut rows = stmt.query([arg])?;
         while let Some(row) = rows.next()? {
@@ -374,6 +382,7 @@ impl Project {
                 cache_image: row.get(12)?,
                 created_at: row.get(13)?,
                 boxes,
+                prediction: latest.take(id)?,
             };
             f(record)?;
         }

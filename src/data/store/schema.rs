@@ -76,6 +76,32 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, source_index)
     ) STRICT;
     "#,
+    // v3: model-assisted pre-annotation runs (the records each one covers, in order) and what
+    // the model said about each record: box, match score, verdict with its reason, or an error.
+    r#"
+    CREATE TABLE preannotation_runs (
+        id          INTEGER PRIMARY KEY,
+        model       TEXT NOT NULL,
+        checkpoint  TEXT NOT NULL,
+        scope       TEXT NOT NULL,             -- what was asked for, in words
+        record_ids  TEXT NOT NULL,             -- JSON array of the records to run, in order
+        started_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    ) STRICT;
+    CREATE TABLE predictions (
+        run_id      INTEGER NOT NULL REFERENCES preannotation_runs(id) ON DELETE CASCADE,
+        record_id   INTEGER NOT NULL REFERENCES records(id) ON DELETE CASCADE,
+        x0 REAL, y0 REAL, x1 REAL, y1 REAL,    -- normalised; NULL when the record failed
+        match_score REAL,
+        threshold   REAL,
+        verified    INTEGER,
+        generated   TEXT,
+        verdict     TEXT NOT NULL,             -- the verdict with why, or the error
+        error       TEXT,
+        at          TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        PRIMARY KEY (run_id, record_id)
+    ) STRICT;
+    CREATE INDEX predictions_by_record ON predictions(record_id, run_id);
+    "#,
 ];
 
 /// The version this build writes.
