@@ -10,11 +10,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use roiscope::train::heads::{
-    box_centre, image_token_coords, HeadsConfig, MatchHead, RoiHead, TaskWeights,
-};
+use roiscope::train::heads::{image_token_coords, HeadsConfig, MatchHead, RoiHead, TaskWeights};
 use roiscope::train::losses::{
-    focal_loss, lm_loss, place_loss, roi_loss, FocalConfig, RoiLossConfig,
+    focal_loss, focus_loss, lm_loss, roi_loss, FocalConfig, RoiLossConfig,
 };
 use support::{max_abs_diff as absolute, relative_diff as relative};
 
@@ -87,45 +85,46 @@ fn heads_and_losses_match_pytorch() {
         .collect();
     let coords = image_token_coords(&image_rows, &grids, &dev).unwrap();
     assert!(absolute(&coords, &r["coords"]) < 1e-7);
-    let (pred, locus) = roi
-        .forward(states.as_tensor(), &r["image"], &coords, None)
+    let (pred, region, log_weights) = roi
+        .locate_with_focus(states.as_tensor(), &r["image"], &coords, None)
         .unwrap();
-    assert!(absolute(&locus, &r["locus"]) < 1e-6);
+    assert!(absolute(&region.locus, &r["locus"]) < 1e-6);
     assert!(absolute(&pred, &r["pred_boxes"]) < 1e-6);
-    let (logits, place) = matcher
+    let logits = matcher
         .forward(
             states.as_tensor(),
             &r["valid"],
             &r["image"],
             &r["embeds"],
-            &locus,
-            &box_centre(&pred).unwrap(),
+            &coords,
+            &region,
         )
         .unwrap();
     assert!(absolute(&logits, &r["match_logits"]) < 1e-5);
-    assert!(absolute(&place, &r["place"]) < 1e-6);
 
     let scalar = |t: &Tensor| t.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
     let roi_rows = scalar(&r["roi_weight"]);
-    let l_roi = roi_loss(
+    let focus = focus_loss(
+        &log_weights,
+        &coords,
+        &r["image"],
+        &r["boxes"],
+        &r["roi_weight"],
+        roi_rows,
+    )
+    .unwrap();
+    let l_roi = (roi_loss(
         &pred,
         &r["boxes"],
         &r["roi_weight"],
         RoiLossConfig::default(),
         roi_rows,
     )
+    .unwrap()
+        + (focus * RoiLossConfig::default().focus_weight).unwrap())
     .unwrap();
     let samples = r["labels"].elem_count() as f64;
-    let l_match = (focal_loss(&logits, &r["labels"], FocalConfig::default(), samples).unwrap()
-        + place_loss(
-            &place,
-            &r["boxes"],
-            &r["roi_weight"],
-            RoiLossConfig::default().beta,
-            roi_rows,
-        )
-        .unwrap())
-    .unwrap();
+    let l_match = focal_loss(&logits, &r["labels"], FocalConfig::default(), samples).unwrap();
     let targets: Vec<(usize, usize, u32)> = r["lm_targets"]
         .to_vec2::<i64>()
         .unwrap()
@@ -147,7 +146,7 @@ fn heads_and_losses_match_pytorch() {
         "{losses} vs {}",
         r["losses"]
     );
-    let (total, terms) = task.combine(&losses, 1.0).unwrap();
+    let (total, terms) = task.combine(&losses, [true; 3], 1.0).unwrap();
     assert!(absolute(&terms, &r["terms"]) < 1e-4);
     assert!(absolute(&total.reshape(1).unwrap(), &r["total"]) < 1e-4);
 
@@ -163,7 +162,7 @@ fn heads_and_losses_match_pytorch() {
     }
     let g = grads.get(states.as_tensor()).unwrap();
     assert!(relative(g, &r["grad.states"]) < 1e-3);
-    assert_eq!(checked, 29);
+    assert_eq!(checked, 32);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use roiscope::eval::metrics;
 use roiscope::infer::heads::{Heads, HeadsLayout};
 use roiscope::infer::Checkpoint;
+use roiscope::train::heads::{Region, KEY_DIM, POSITION_FEATURES, TEXT_POOLS};
 use serde_json::Value;
 use support::{eval_calibrate, ok, roiscope, trained_project};
 
@@ -228,41 +229,43 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 
 /// A roiscope heads state dict with deterministic values.
 fn roiscope_heads(hidden: usize, seed: u64) -> HashMap<String, Tensor> {
-    let shapes: [(&str, &[usize]); 29] = [
-        ("roi.pool.fc1.weight", &[512, hidden]),
-        ("roi.pool.fc1.bias", &[512]),
-        ("roi.pool.fc2.weight", &[1, 512]),
-        ("roi.fc1.weight", &[512, hidden]),
-        ("roi.fc1.bias", &[512]),
-        ("roi.locus.weight", &[512, 4]),
-        ("roi.fc2.weight", &[4, 512]),
-        ("roi.fc2.bias", &[4]),
-        ("match.pool.fc1.weight", &[512, hidden]),
-        ("match.pool.fc1.bias", &[512]),
-        ("match.pool.fc2.weight", &[1, 512]),
-        ("match.fc1.weight", &[256, hidden]),
-        ("match.fc1.bias", &[256]),
-        ("match.locus.weight", &[256, 4]),
-        ("match.film.weight", &[256, 4]),
-        ("match.fc2.weight", &[1, 256]),
-        ("match.fc2.bias", &[1]),
-        ("match.text_pool_x.fc1.weight", &[512, hidden]),
-        ("match.text_pool_x.fc1.bias", &[512]),
-        ("match.text_pool_x.fc2.weight", &[1, 512]),
-        ("match.text_pool_y.fc1.weight", &[512, hidden]),
-        ("match.text_pool_y.fc1.bias", &[512]),
-        ("match.text_pool_y.fc2.weight", &[1, 512]),
-        ("match.place_x.weight", &[1, hidden]),
-        ("match.place_x.bias", &[1]),
-        ("match.place_y.weight", &[1, hidden]),
-        ("match.place_y.bias", &[1]),
-        ("match.agree.weight", &[1, 2]),
-        ("task.log_vars", &[3]),
-    ];
+    let text_width = TEXT_POOLS * hidden;
+    let image_width = 2 * (hidden + POSITION_FEATURES);
+    let key_width = hidden + POSITION_FEATURES;
+    let mut shapes: Vec<(String, Vec<usize>)> = [
+        ("roi.pool.fc1.weight", vec![512, hidden]),
+        ("roi.pool.fc1.bias", vec![512]),
+        ("roi.pool.fc2.weight", vec![1, 512]),
+        ("roi.fc1.weight", vec![512, hidden]),
+        ("roi.fc1.bias", vec![512]),
+        ("roi.locus.weight", vec![512, 4]),
+        ("roi.fc2.weight", vec![4, 512]),
+        ("roi.fc2.bias", vec![4]),
+        ("match.pool.fc1.weight", vec![512, hidden]),
+        ("match.pool.fc1.bias", vec![512]),
+        ("match.pool.fc2.weight", vec![1, 512]),
+        ("match.fc1.weight", vec![256, hidden]),
+        ("match.fc1.bias", vec![256]),
+        ("match.fc2.weight", vec![1, 256]),
+        ("match.fc2.bias", vec![1]),
+        ("match.text.weight", vec![256, text_width]),
+        ("match.query.weight", vec![KEY_DIM, text_width]),
+        ("match.key.weight", vec![KEY_DIM, key_width]),
+        ("match.image.weight", vec![256, image_width]),
+        ("task.log_vars", vec![3]),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_string(), s))
+    .collect();
+    for i in 0..TEXT_POOLS {
+        shapes.push((format!("match.text_pool.{i}.fc1.weight"), vec![512, hidden]));
+        shapes.push((format!("match.text_pool.{i}.fc1.bias"), vec![512]));
+        shapes.push((format!("match.text_pool.{i}.fc2.weight"), vec![1, 512]));
+    }
     shapes
         .iter()
         .enumerate()
-        .map(|(i, (name, shape))| (name.to_string(), randn(shape, seed * 100 + i as u64)))
+        .map(|(i, (name, shape))| (name.clone(), randn(shape, seed * 100 + i as u64)))
         .collect()
 }
 
@@ -312,11 +315,11 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
     let imported = Heads::load(&file, hidden, &Device::Cpu).unwrap();
     assert_eq!(imported.layout, HeadsLayout::Seed);
     assert_eq!(imported.log_vars, [0.1, -0.2, 0.3]);
-    // Nor a place comparison (imported with a zero agreement weight): compare without it.
+    // Nor a text-image comparison (imported with a zero text projection): compare without it.
     let mut ours = ours;
     ours.insert(
-        "match.agree.weight".into(),
-        Tensor::zeros((1, 2), DType::F32, &Device::Cpu).unwrap(),
+        "match.text.weight".into(),
+        Tensor::zeros((256, TEXT_POOLS * hidden), DType::F32, &Device::Cpu).unwrap(),
     );
     let reference =
         Heads::from_tensors(&ours, hidden, &Device::Cpu, HeadsLayout::Roiscope).unwrap();
@@ -326,22 +329,24 @@ fn seed_head_layout_maps_onto_roiscope_heads() {
         &Device::Cpu,
     )
     .unwrap();
-    // The seed's heads have no locus input (imported with zero weights): compare at locus 0.
-    let no_locus = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+    // The seed's heads have no locus or text comparison (imported with zero weights): compare
+    // with no image and an arbitrary ROI reading, which must not matter.
     let no_image = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
-    let no_centre = Tensor::zeros((2, 2), DType::F32, &Device::Cpu).unwrap();
+    let coords = Tensor::zeros((2, 5, 2), DType::F32, &Device::Cpu).unwrap();
+    let region = Region {
+        pooled: randn(&[2, hidden], 12),
+        locus: randn(&[2, 4], 13),
+    };
     let a: Vec<f32> = imported
         .matcher
-        .forward(&states, &valid, &no_image, &states, &no_locus, &no_centre)
+        .forward(&states, &valid, &no_image, &states, &coords, &region)
         .unwrap()
-        .0
         .to_vec1()
         .unwrap();
     let b: Vec<f32> = reference
         .matcher
-        .forward(&states, &valid, &no_image, &states, &no_locus, &no_centre)
+        .forward(&states, &valid, &no_image, &states, &coords, &region)
         .unwrap()
-        .0
         .to_vec1()
         .unwrap();
     for (x, y) in a.iter().zip(&b) {

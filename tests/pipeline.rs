@@ -84,9 +84,11 @@ fn loss_settings(settings: &Value) -> LossSettings {
             beta: f(&settings["roi"]["beta"]),
             l1_weight: f(&settings["roi"]["l1_weight"]),
             giou_weight: f(&settings["roi"]["giou_weight"]),
+            focus_weight: f(&settings["roi"]["focus_weight"]),
         },
-        place_weight: 1.0,
         lm_chunk: settings["lm_chunk"].as_u64().unwrap() as usize,
+        tasks: [true; 3],
+        learn_task_weights: true,
     }
 }
 
@@ -122,6 +124,7 @@ fn examples(j: &Value) -> Vec<Example> {
                 [c[0], c[1], c[2], c[3]]
             }),
             stratum: String::new(),
+            meaning: r["answer"].as_str().unwrap().to_lowercase(),
         })
         .collect()
 }

@@ -985,6 +985,16 @@ fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
         f64_row(ui, "missed-diagnosis weight", &mut c.missed_diagnosis_weight, 0.5, "Focal-loss weight of true pairs scored under 0.5");
         f64_row(ui, "focal alpha", &mut c.focal_alpha, 0.01, "Focal loss alpha (weight of positives)");
         f64_row(ui, "focal gamma", &mut c.focal_gamma, 0.1, "Focal loss gamma (focus on hard examples)");
+        f64_row(ui, "ROI focus weight", &mut c.roi_focus_weight, 0.1, "Weight of the focus loss: where the ROI pooling looks, against the image tokens inside the box");
+        for (name, v, tip) in [
+            ("train ROI head", &mut c.train_roi, "Off: no ROI loss (ablation presets sft, sft-roi)"),
+            ("train match head", &mut c.train_match, "Off: no match loss (set negative ratio to 0 too, as the sft presets do)"),
+            ("learn task weights", &mut c.learn_task_weights, "Off: every task weighted 0.5 (preset multitask-fixed)"),
+        ] {
+            ui.label(name).on_hover_text(tip);
+            ui.checkbox(v, "").on_hover_text(tip);
+            ui.end_row();
+        }
         ui.label("LoRA targets").on_hover_text("Linear layers that get adapters, comma-separated");
         let mut targets = c.lora_targets.join(",");
         if ui

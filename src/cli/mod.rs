@@ -1,6 +1,7 @@
 //! The `roiscope` command line: one subcommand per job, results on stdout, progress and
 //! diagnostics on stderr.
 
+mod compare;
 mod detect_roi;
 mod eval;
 mod export;
@@ -58,6 +59,9 @@ enum Command {
     /// Write a synthetic lesion data set (a learnable ROI task with known boxes)
     #[command(long_about = synthetic::LONG_ABOUT)]
     Synthetic(synthetic::Args),
+    /// Compare runs: validation metrics of every checkpoint against samples seen, and a plot
+    #[command(long_about = compare::LONG_ABOUT)]
+    Compare(compare::Args),
 }
 
 /// Parses the command line and runs it; the process exit code.
@@ -74,6 +78,7 @@ pub fn main() -> ExitCode {
         Some(Command::Sample(args)) => sample::run(args),
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Synthetic(args)) => synthetic::run(args),
+        Some(Command::Compare(args)) => compare::run(args),
         None => crate::app::run().map(|()| ExitCode::SUCCESS),
     };
     match result {

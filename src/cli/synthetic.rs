@@ -5,14 +5,17 @@ use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::data::synthetic::{write_set, SyntheticConfig};
+use crate::data::synthetic::{write_set, SyntheticConfig, SyntheticTask};
 
-pub const LONG_ABOUT: &str = "Write a synthetic, learnable ROI data set: grey images with one \
-    bright lesion-like blob (no green marks; its box is known exactly) and a diagnosis that names \
-    where it lies (upper/middle/lower, left/central/right). Images go to OUT/images/, records in \
-    the seed's format (with roi_coords) to OUT/raw_data.json; then run\n  roiscope prepare --input \
-    OUT/raw_data.json --images OUT --project PROJECT\nIt is the trainer's learning proof and a demo \
-    that needs no download.";
+pub const LONG_ABOUT: &str = "Write a synthetic, learnable ROI data set (no green marks; each \
+    box is known exactly). Two tasks:\n  --task place: grey images with one bright lesion-like blob \
+    and a diagnosis that names where it lies (upper/middle/lower, left/central/right);\n  \
+    --task kind: one finding of four kinds that look different (nodule, cyst, mass, \
+    calcification), at a random place and size over a chest, head or abdomen-like background, \
+    and a diagnosis that names the kind in one of several wordings and never the place.\n\
+    Images go to OUT/images/, records in the seed's format (with roi_coords) to \
+    OUT/raw_data.json; then run\n  roiscope prepare --input OUT/raw_data.json --images OUT \
+    --project PROJECT\nIt is the trainer's learning proof and a demo that needs no download.";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,6 +31,9 @@ pub struct Args {
     /// Random seed
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
+    /// What the diagnosis texts name: where the finding lies, or what kind it is
+    #[arg(long, value_enum, default_value_t = SyntheticTask::Place)]
+    task: SyntheticTask,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -41,6 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         count: args.count,
         size: args.size,
         seed: args.seed,
+        task: args.task,
     };
     write_set(&args.out, config, |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();

@@ -61,6 +61,11 @@ pub struct Args {
     /// Stop after this many optimiser steps (overrides the config; extends a resumed run)
     #[arg(long, value_name = "N")]
     max_steps: Option<usize>,
+    /// Ablation preset, applied over the config: sft (the LM alone), sft-roi (+ the ROI head),
+    /// multitask (+ the match head with negatives; the defaults), multitask-fixed (task weights
+    /// fixed at 0.5); compare the runs with `roiscope compare`
+    #[arg(long, value_name = "NAME", conflicts_with = "resume")]
+    preset: Option<String>,
     /// Continue the run in RUN_DIR from its latest complete checkpoint
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
@@ -250,6 +255,9 @@ fn start(out: &Path, args: &Args) -> anyhow::Result<Trainer> {
     };
     if let Some(n) = args.max_steps {
         config.max_steps = n;
+    }
+    if let Some(name) = &args.preset {
+        config.apply_preset(name)?;
     }
     config.validate()?;
     if out.exists()

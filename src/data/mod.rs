@@ -13,3 +13,4 @@ pub mod roi;
 pub mod sample;
 pub mod store;
 pub mod synthetic;
+pub mod synthetic_kind;

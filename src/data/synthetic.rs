@@ -1,4 +1,7 @@
-//! A synthetic, learnable ROI task: grey "scans" with one bright lesion-like blob (no green
+//! Synthetic, learnable ROI tasks. Two are offered ([`SyntheticTask`]): the place task below,
+//! and the kind task of `data::synthetic_kind` (what a finding is, never where).
+//!
+//! The place task: grey "scans" with one bright lesion-like blob (no green
 //! marks) over a rib-like texture whose look changes across the image (as anatomy does; a random
 //! model's patch features carry almost no absolute position, so a plain background left the blob
 //! unlocatable), whose box is known exactly, and a diagnosis that names where the blob lies. It is the
@@ -16,7 +19,19 @@ use anyhow::{ensure, Context};
 use serde_json::{json, Value};
 
 use crate::data::files::write_atomic;
+use crate::data::synthetic_kind;
 use crate::model::random::SplitMix;
+
+/// Which task the diagnosis texts pose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SyntheticTask {
+    /// One bright blob; the diagnosis names where it lies (one of nine places).
+    #[default]
+    Place,
+    /// One finding of four kinds that look different; the diagnosis names the kind, in several
+    /// wordings, never the place (`data::synthetic_kind`).
+    Kind,
+}
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +40,7 @@ pub struct SyntheticConfig {
     /// Width and height of each image in pixels.
     pub size: u32,
     pub seed: u64,
+    pub task: SyntheticTask,
 }
 
 impl Default for SyntheticConfig {
@@ -33,6 +49,7 @@ impl Default for SyntheticConfig {
             count: 200,
             size: 64,
             seed: 0,
+            task: SyntheticTask::Place,
         }
     }
 }
@@ -42,6 +59,7 @@ pub const ROWS: [&str; 3] = ["upper", "middle", "lower"];
 pub const COLUMNS: [&str; 3] = ["left", "central", "right"];
 
 pub const QUESTION: &str = "<image>Where is the lesion in this scan, and what does it look like?";
+pub const KIND_QUESTION: &str = "<image>What finding does this scan show?";
 pub const DIAGNOSIS_FIELD: &str = "Clinical Diagnosis Tips";
 
 /// One generated image: its pixels (grey, row-major), the blob's box and its place.
@@ -150,6 +168,26 @@ fn record(name: &str, lesion: &Lesion, size: u32) -> Value {
     })
 }
 
+/// The seed-format record of image `name` showing `finding` (the kind task). The structured
+/// fields say what the finding looks like, not where it is.
+fn kind_record(name: &str, finding: &synthetic_kind::Finding, size: u32) -> Value {
+    const BACKGROUNDS: [&str; 3] = ["Chest", "Head", "Abdomen"];
+    json!({
+        "messages": [
+            {"role": "user", "content": KIND_QUESTION},
+            {"role": "assistant", "content": {"extractions": {
+                "Modality": "Synthetic phantom",
+                "Organ": BACKGROUNDS[finding.background],
+                "Finding": synthetic_kind::KINDS[finding.kind].name,
+                DIAGNOSIS_FIELD: finding.diagnosis(),
+            }}}
+        ],
+        "images": [name],
+        "roi_coords": finding.roi,
+        "synthetic": {"seed_size": size, "task": "kind"},
+    })
+}
+
 /// Writes `config.count` images under `out/images/` and their records to `out/raw_data.json`
 /// (for `roiscope prepare --input out/raw_data.json --images out`). Returns the records.
 /// `progress(done, total)` is called after each image.
@@ -170,14 +208,25 @@ pub fn write_set(
     let mut rng = SplitMix::new(config.seed);
     let mut records = Vec::with_capacity(config.count);
     for i in 0..config.count {
-        let lesion = draw(config.size, &mut rng);
         let name = format!("images/lesion_{i:05}.png");
+        let (pixels, record) = match config.task {
+            SyntheticTask::Place => {
+                let lesion = draw(config.size, &mut rng);
+                let r = record(&name, &lesion, config.size);
+                (lesion.pixels, r)
+            }
+            SyntheticTask::Kind => {
+                let finding = synthetic_kind::draw(config.size, &mut rng);
+                let r = kind_record(&name, &finding, config.size);
+                (finding.pixels, r)
+            }
+        };
         let mut png = Vec::new();
         image::codecs::png::PngEncoder::new(&mut png)
-            .write_image_grey(&lesion.pixels, config.size)
+            .write_image_grey(&pixels, config.size)
             .with_context(|| format!("cannot encode {name}"))?;
         write_atomic(&out.join(&name), &png)?;
-        records.push(record(&name, &lesion, config.size));
+        records.push(record);
         progress(i + 1, config.count);
     }
     let text = serde_json::to_string_pretty(&records)? + "\n";

@@ -15,7 +15,7 @@ use super::{metrics, pair_scores, report, run_cases_until, summarise, Summary};
 use crate::data::store::{Project, Split};
 use crate::infer::{write_calibration, Calibration, Pipeline, ThresholdSource};
 use crate::model::quantized::WeightFormat;
-use crate::train::data::load_examples;
+use crate::train::data::load_examples_with_meanings;
 
 /// What to evaluate and how.
 #[derive(Debug, Clone)]
@@ -49,6 +49,8 @@ pub struct Evaluation {
     pub weights: String,
     /// Things the reader should know (a calibration made on another checkpoint).
     pub warnings: Vec<String>,
+    /// How the mismatched pairs were chosen ([`crate::train::meaning::Meanings::describe`]).
+    pub mismatch_rule: String,
 }
 
 /// Runs the evaluation; `progress(done, total)` after each record. Setting `cancel` stops it
@@ -66,7 +68,7 @@ pub fn evaluate(
         );
     }
     let project = Project::open(&req.project)?;
-    let mut examples = load_examples(&project, req.split)?;
+    let (mut examples, meanings) = load_examples_with_meanings(&project, req.split)?;
     anyhow::ensure!(
         !examples.is_empty(),
         "the {} split of {} is empty",
@@ -141,6 +143,7 @@ pub fn evaluate(
         "threshold_source": threshold_source,
         "calibration": calibration.as_ref().map(|(c, _)| c),
         "max_new_tokens": req.max_new_tokens,
+        "mismatched_pairs": meanings.describe(),
         "weights": pipeline.weights,
         "metrics": {
             "rouge_l": "rouge-score RougeScorer(['rougeL']) F1, its tokenizer, no stemmer; CJK characters one token each",
@@ -158,6 +161,7 @@ pub fn evaluate(
         html_path,
         weights: pipeline.weights.summary(),
         warnings,
+        mismatch_rule: meanings.describe(),
     })
 }
 
@@ -183,6 +187,7 @@ impl Evaluation {
                 f(s.matching.rates.false_negative_rate),
                 f(s.matching.rates.false_positive_rate)
             ),
+            format!("  ({})", self.mismatch_rule),
             format!(
                 "text: ROUGE-L {}, BLEU-4 {}, exact match {}",
                 f(s.text.rouge_l),

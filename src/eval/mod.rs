@@ -10,6 +10,7 @@
 //! - [`metrics`]: the metrics themselves, checked against scikit-learn, rouge-score and NLTK;
 //! - [`report`]: `report.json` and the self-contained `report.html`.
 
+pub mod compare;
 pub mod evaluate;
 pub mod metrics;
 pub mod report;
@@ -45,6 +46,8 @@ pub struct Case {
     /// Match probability of (image, its own diagnosis) and of (image, another record's).
     pub true_pair_score: Option<f64>,
     pub mismatched_pair_score: Option<f64>,
+    /// The record whose diagnosis made the mismatched pair.
+    pub mismatched_record_id: Option<i64>,
     pub rouge_l: Option<f64>,
     pub bleu4: Option<f64>,
     pub exact: Option<bool>,
@@ -55,12 +58,13 @@ pub struct Case {
     pub error: Option<String>,
 }
 
-/// The index of another example whose diagnosis differs (the next one round the list), if any.
+/// The index of another example whose diagnosis says something else ([`Example::meaning`]; the
+/// next one round the list), if any.
 fn mismatched_partner(examples: &[Example], i: usize) -> Option<usize> {
     let n = examples.len();
     (1..n)
         .map(|k| (i + k) % n)
-        .find(|&j| examples[j].answer != examples[i].answer)
+        .find(|&j| examples[j].meaning != examples[i].meaning)
 }
 
 /// Runs the pipeline on one example.
@@ -79,6 +83,7 @@ fn evaluate_one(pipeline: &Pipeline, examples: &[Example], i: usize) -> Case {
         generated_score: None,
         true_pair_score: None,
         mismatched_pair_score: None,
+        mismatched_record_id: None,
         rouge_l: None,
         bleu4: None,
         exact: None,
@@ -105,6 +110,7 @@ fn evaluate_one(pipeline: &Pipeline, examples: &[Example], i: usize) -> Case {
         let partner = mismatched_partner(examples, i);
         if let Some(j) = partner {
             texts.push(examples[j].answer.as_str());
+            case.mismatched_record_id = Some(examples[j].record_id);
         }
         let scores = pipeline.score_pairs(&processed, &ex.question, &texts)?;
         case.true_pair_score = Some(f64::from(scores[0].match_score));

@@ -16,7 +16,9 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
-use crate::train::heads::{HeadsConfig, MatchHead, RoiHead, TaskWeights};
+use crate::train::heads::{
+    HeadsConfig, MatchHead, RoiHead, TaskWeights, KEY_DIM, POSITION_FEATURES, TEXT_POOLS,
+};
 
 /// The ROI and match heads, ready for inference (no dropout).
 pub struct Heads {
@@ -54,12 +56,13 @@ pub fn is_seed_layout(tensors: &HashMap<String, Tensor>) -> bool {
 ///
 /// What does not carry over exactly (see the README): the seed's ROI head emits raw
 /// coordinates that are clipped afterwards and pools over the whole sequence, while roiscope's
-/// pools over the image tokens and bounds the box by a sigmoid with ordered corners; the
+/// pools over the image tokens and reads the box off where that pooling looks, its layers only
+/// moving and scaling it (`train::heads::RoiHead::locate_with_focus`); the
 /// imported ROI weights are a starting point for fine-tuning, not the seed's boxes. The match
 /// head scores the same pooled state through the same layers, so its logits are the seed's on
 /// the same token sequence. The seed's heads have no locus input (`train::heads`): its weights
-/// (and the match head's FiLM, text pooling, place and agreement weights) are set to zero, which
-/// leaves the seed's layers computing exactly what they did.
+/// (and the match head's text and image projections, text poolings, query and key) are set to
+/// zero, which leaves the seed's layers computing exactly what they did.
 pub fn from_seed(tensors: &HashMap<String, Tensor>) -> anyhow::Result<HashMap<String, Tensor>> {
     let mapping: [(&str, &[&str]); 12] = [
         (
@@ -120,32 +123,33 @@ pub fn from_seed(tensors: &HashMap<String, Tensor>) -> anyhow::Result<HashMap<St
             unexpected
         );
     }
-    for (head, fc1) in [("roi", "roi.fc1.weight"), ("match", "match.fc1.weight")] {
-        let inner = out[fc1].dim(0)?;
-        let zeros = Tensor::zeros((inner, 4), out[fc1].dtype(), out[fc1].device())?;
-        out.insert(format!("{head}.locus.weight"), zeros);
-    }
-    // No FiLM and no place comparison either: with zero FiLM and agreement weights the seed's
-    // logit is what it was.
+    let fc1 = &out["roi.fc1.weight"];
+    let zeros = Tensor::zeros((fc1.dim(0)?, 4), fc1.dtype(), fc1.device())?;
+    out.insert("roi.locus.weight".into(), zeros);
+    // No text or image comparison either: with zero projections the seed's logit is what it
+    // was (the text poolings, query and key then only shape a term that is multiplied by 0).
     let w = out["match.fc1.weight"].clone();
     let (inner, hidden) = w.dims2()?;
     let pool = out["match.pool.fc1.weight"].dim(0)?;
-    for (name, shape) in [
-        ("match.film.weight", &[inner, 4][..]),
-        ("match.text_pool_x.fc1.weight", &[pool, hidden][..]),
-        ("match.text_pool_x.fc1.bias", &[pool][..]),
-        ("match.text_pool_x.fc2.weight", &[1, pool][..]),
-        ("match.text_pool_y.fc1.weight", &[pool, hidden][..]),
-        ("match.text_pool_y.fc1.bias", &[pool][..]),
-        ("match.text_pool_y.fc2.weight", &[1, pool][..]),
-        ("match.place_x.weight", &[1, hidden][..]),
-        ("match.place_x.bias", &[1][..]),
-        ("match.place_y.weight", &[1, hidden][..]),
-        ("match.place_y.bias", &[1][..]),
-        ("match.agree.weight", &[1, 2][..]),
-    ] {
-        out.insert(name.into(), Tensor::zeros(shape, w.dtype(), w.device())?);
+    let mut zero = |name: String, shape: &[usize]| -> anyhow::Result<()> {
+        out.insert(name, Tensor::zeros(shape, w.dtype(), w.device())?);
+        Ok(())
+    };
+    for i in 0..TEXT_POOLS {
+        zero(format!("match.text_pool.{i}.fc1.weight"), &[pool, hidden])?;
+        zero(format!("match.text_pool.{i}.fc1.bias"), &[pool])?;
+        zero(format!("match.text_pool.{i}.fc2.weight"), &[1, pool])?;
     }
+    zero("match.text.weight".into(), &[inner, TEXT_POOLS * hidden])?;
+    zero("match.query.weight".into(), &[KEY_DIM, TEXT_POOLS * hidden])?;
+    zero(
+        "match.key.weight".into(),
+        &[KEY_DIM, hidden + POSITION_FEATURES],
+    )?;
+    zero(
+        "match.image.weight".into(),
+        &[inner, 2 * (hidden + POSITION_FEATURES)],
+    )?;
     Ok(out)
 }
 

@@ -20,6 +20,7 @@ use crate::model::random::SplitMix;
 use crate::model::tokenizer::QwenTokenizer;
 
 use super::heads::image_token_coords;
+use super::meaning::Meanings;
 
 /// One record, ready to become samples.
 #[derive(Debug, Clone)]
@@ -33,10 +34,29 @@ pub struct Example {
     pub roi: Option<[f32; 4]>,
     /// Modality and organ, for hard negatives.
     pub stratum: String,
+    /// What the diagnosis says ([`super::meaning::Meanings::key`]): a negative's image and an
+    /// evaluation's mismatched text come from a record whose meaning differs.
+    pub meaning: String,
 }
 
 /// The examples of one split, in record order.
 pub fn load_examples(project: &Project, split: Split) -> anyhow::Result<Vec<Example>> {
+    Ok(load_examples_with_meanings(project, split)?.0)
+}
+
+/// [`load_examples`], with how the project's diagnoses are grouped by meaning (found over all
+/// its records, every split).
+pub fn load_examples_with_meanings(
+    project: &Project,
+    split: Split,
+) -> anyhow::Result<(Vec<Example>, Meanings)> {
+    let mut all: Vec<(String, Option<serde_json::Map<String, serde_json::Value>>)> = Vec::new();
+    project.for_each_record(RecordFilter::All, |r| {
+        all.push((r.diagnosis.clone(), r.fields.clone()));
+        Ok(())
+    })?;
+    let meanings = Meanings::detect(all.iter().map(|(d, f)| (d.as_str(), f.as_ref())));
+    drop(all);
     let mut out = Vec::new();
     let mut problems = Vec::new();
     project.for_each_record(RecordFilter::Split(split), |r| {
@@ -52,6 +72,7 @@ pub fn load_examples(project: &Project, split: Split) -> anyhow::Result<Vec<Exam
             answer: r.diagnosis.clone(),
             roi,
             stratum: r.stratum.clone(),
+            meaning: meanings.key(&r.diagnosis, r.fields.as_ref()),
         });
         Ok(())
     })?;
@@ -62,7 +83,7 @@ pub fn load_examples(project: &Project, split: Split) -> anyhow::Result<Vec<Exam
             problems.join("; ")
         );
     }
-    Ok(out)
+    Ok((out, meanings))
 }
 
 /// One tokenised sample.
@@ -95,8 +116,8 @@ impl Default for NegativeConfig {
 }
 
 /// Chooses, for each example in a batch, whether it becomes a negative and whose image it takes.
-/// `None`: a positive. Another record with the same answer is never chosen (it would be a true
-/// pair); when there is none, the sample stays positive.
+/// `None`: a positive. Another record whose diagnosis says the same ([`Example::meaning`]) is
+/// never chosen (it would be a true pair); when there is none, the sample stays positive.
 pub fn draw_partners(
     batch: &[usize],
     examples: &[Example],
@@ -110,7 +131,7 @@ pub fn draw_partners(
                 return None;
             }
             let me = &examples[i];
-            let other_answer = |j: &usize| examples[*j].answer != me.answer;
+            let other_answer = |j: &usize| examples[*j].meaning != me.meaning;
             let all: Vec<usize> = (0..examples.len()).filter(other_answer).collect();
             let pool: Vec<usize> = if config.hard {
                 let same: Vec<usize> = all
@@ -193,6 +214,15 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Which tasks (roi, match, lm) have a sample in the batch.
+    pub fn present(&self) -> [bool; 3] {
+        [
+            self.roi_rows > 0.5,
+            self.samples > 0.5,
+            self.lm_targets > 0.5,
+        ]
+    }
+
     pub fn of(samples: &[Sample]) -> Self {
         Counts {
             roi_rows: samples.iter().filter(|s| s.roi.is_some()).count() as f64,
@@ -291,6 +321,7 @@ mod tests {
             answer: answer.into(),
             roi: None,
             stratum: stratum.into(),
+            meaning: answer.to_lowercase(),
         }
     }
 

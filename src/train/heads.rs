@@ -2,19 +2,19 @@
 //!
 //! Each head pools the states it may look at with masked attention pooling (padding and, for the
 //! ROI head, everything but the image tokens get exactly zero weight), then:
-//! - the ROI head predicts a box that is valid by construction: `x1, y1` in (0, 1) and
-//!   `x2 in (x1, 1)`, `y2 in (y1, 1)`, all in image-relative units;
+//! - the ROI head predicts a box in image-relative units, read off where its pooling looks
+//!   (the locus below) and refined by its layers, clipped to the image; its pooling is taught
+//!   which image tokens lie inside the box (`losses::focus_loss`);
 //! - the match head scores the (image, text) pair with one logit.
 //!
-//! Both also read the ROI pooling's *locus*: the mean and the spread of the image tokens' grid
-//! coordinates under the ROI pooling weights (a soft argmax, as in DSNT or CoordConv). A vision
+//! The ROI head also reads its pooling's *locus*: the mean and the spread of the image tokens'
+//! grid coordinates under the pooling weights (a soft argmax, as in DSNT or CoordConv). A vision
 //! transformer's final states carry little absolute position (in the tiny random model about 5%
 //! of an image token's state; BENCHMARKS.md, learning proof), so a box regressed from pooled
-//! content alone cannot say *where*; the locus can. The match head gets it detached, so that
-//! verifying a text against the located region does not pull on where the ROI head looks, and
-//! both adds it to and scales by it the pair's features; it also compares the place the text's
-//! input embeddings point at with the centre of the ROI head's box (see [`MatchHead`]). The seed's heads have no locus:
-//! imported seed heads get zero locus weights (`infer::heads`).
+//! content alone cannot say *where*; the locus can. The match head compares the text with what
+//! the ROI head found and where, and with a text-conditioned attention over the image tokens
+//! (see [`MatchHead`]); it assumes nothing about what the text talks about. The seed's heads have
+//! neither: imported seed heads get zero weights there (`infer::heads`).
 //!
 //! The learned task weights `s_i` combine the losses as `0.5 * exp(-s_i) * L_i + 0.5 * s_i`.
 
@@ -67,34 +67,6 @@ fn linear_with(vb: &VarBuilder, out: usize, inp: usize, bias: bool) -> Result<Li
     })
 }
 
-/// A linear layer without bias whose weights all start at `value`.
-/// The match head's FiLM weights start at zero: the head starts as the plain sum.
-pub const FILM_INIT: f64 = 0.0;
-/// The agreement weights start at -36 per coordinate: a miss by a sixth of the image costs one
-/// logit.
-pub const AGREE_INIT: f64 = -36.0;
-
-/// The start value of a head parameter that starts at a constant rather than at random, by its
-/// name in the heads' variable map (`match.*` as the trainer names them). Random initialisation
-/// must leave these alone: at a random value the agreement term is too weak to learn from (match
-/// AUC 0.55-0.74 with it overwritten, BENCHMARKS.md).
-pub fn constant_init(name: &str) -> Option<f64> {
-    match name {
-        "match.film.weight" => Some(FILM_INIT),
-        "match.agree.weight" => Some(AGREE_INIT),
-        _ => None,
-    }
-}
-
-fn constant_linear(vb: &VarBuilder, out: usize, inp: usize, value: f64) -> Result<Linear> {
-    Ok(Linear {
-        weight: vb.get_with_hints((out, inp), "weight", Init::Const(value))?,
-        bias: None,
-        lora: None,
-        packed: None,
-    })
-}
-
 /// `Linear(h, k) - Tanh - Linear(k, 1, no bias) - softmax` over the allowed positions.
 ///
 /// The seed's second layer has a bias, but a softmax ignores a shift of all its scores: that
@@ -116,6 +88,17 @@ impl AttentionPool {
     /// `states` `(batch, seq, hidden)`, `allowed` `(batch, seq)` of 0/1 in the states' dtype:
     /// the pooled `(batch, hidden)` and the weights `(batch, seq)`, zero where not allowed.
     pub fn forward(&self, states: &Tensor, allowed: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (pooled, weights, _) = self.forward_with_log(states, allowed)?;
+        Ok((pooled, weights))
+    }
+
+    /// As [`AttentionPool::forward`], with the weights' logarithms `(batch, seq)` besides (finite:
+    /// about -1e9 where not allowed), for a loss on where the pooling looks.
+    pub fn forward_with_log(
+        &self,
+        states: &Tensor,
+        allowed: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let per_row = allowed.sum(1)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         if let Some(row) = per_row.iter().position(|&n| n < 0.5) {
             candle_core::bail!("attention pooling: row {row} has no position to pool over");
@@ -128,10 +111,13 @@ impl AttentionPool {
         let hidden = ((allowed - 1.0)? * 1e9)?;
         let shifted = (scores + &hidden)?;
         let max = shifted.max_keepdim(1)?.detach();
-        let exp = (shifted.broadcast_sub(&max)?.exp()? * allowed)?;
-        let weights = exp.broadcast_div(&exp.sum_keepdim(1)?)?;
+        let centred = shifted.broadcast_sub(&max)?;
+        let exp = (centred.exp()? * allowed)?;
+        let sum = exp.sum_keepdim(1)?;
+        let weights = exp.broadcast_div(&sum)?;
+        let log_weights = centred.broadcast_sub(&sum.log()?)?;
         let pooled = weights.unsqueeze(2)?.broadcast_mul(states)?.sum(1)?;
-        Ok((pooled, weights))
+        Ok((pooled, weights, log_weights))
     }
 }
 
@@ -232,106 +218,213 @@ impl RoiHead {
         coords: &Tensor,
         plan: Option<&DropoutPlan>,
     ) -> Result<(Tensor, Tensor)> {
-        let (pooled, weights) = self.pool.forward(states, image_mask)?;
+        let (boxes, region) = self.locate(states, image_mask, coords, plan)?;
+        Ok((boxes, region.locus))
+    }
+
+    /// As [`RoiHead::forward`], with the pooled state besides the locus.
+    pub fn locate(
+        &self,
+        states: &Tensor,
+        image_mask: &Tensor,
+        coords: &Tensor,
+        plan: Option<&DropoutPlan>,
+    ) -> Result<(Tensor, Region)> {
+        let (boxes, region, _) = self.locate_with_focus(states, image_mask, coords, plan)?;
+        Ok((boxes, region))
+    }
+
+    /// As [`RoiHead::locate`], with the log pooling weights `(batch, seq)` for the focus loss
+    /// (`losses::focus_loss`).
+    ///
+    /// The box is read off where the pooling looks, then corrected: its centre is the locus's
+    /// mean moved by up to a quarter of the image, its half-sizes the locus's spread times
+    /// `sqrt(3)` (the half-width of a uniform spread: a pooling spread evenly over the finding
+    /// gives its box) scaled by a factor in `(e^-2, e^2)`; then clipped to the image. A pooling
+    /// that has learned where the finding is therefore gives its box from the first step, and the
+    /// layers only refine it. (Regressed from the pooled content and locus alone, the box stayed
+    /// near the mean box after 1,000 steps at the defaults: held-out IoU 0.11, BENCHMARKS.md.)
+    pub fn locate_with_focus(
+        &self,
+        states: &Tensor,
+        image_mask: &Tensor,
+        coords: &Tensor,
+        plan: Option<&DropoutPlan>,
+    ) -> Result<(Tensor, Region, Tensor)> {
+        let (pooled, weights, log_weights) = self.pool.forward_with_log(states, image_mask)?;
         let locus = locus(&weights, coords)?;
         let pre = (self.fc1.forward(&pooled)? + self.locus.forward(&locus)?)?;
         let h = dropout(&pre.relu()?, self.dropout, plan)?;
-        let raw = candle_nn::ops::sigmoid(&self.fc2.forward(&h)?)?;
-        let x1 = raw.narrow(1, 0, 1)?;
-        let y1 = raw.narrow(1, 1, 1)?;
-        // The far corner lies between the near one and the image edge.
-        let x2 = (&x1 + (1.0 - &x1)?.mul(&raw.narrow(1, 2, 1)?)?)?;
-        let y2 = (&y1 + (1.0 - &y1)?.mul(&raw.narrow(1, 3, 1)?)?)?;
-        Ok((Tensor::cat(&[x1, y1, x2, y2], 1)?, locus))
+        let raw = self.fc2.forward(&h)?;
+        let shift = (raw.narrow(1, 0, 2)?.tanh()? * CENTRE_SHIFT)?;
+        let centre = (locus.narrow(1, 0, 2)? + shift)?.clamp(0f32, 1f32)?;
+        let scale = ((raw.narrow(1, 2, 2)? * 0.5)?.tanh()? * SIZE_RANGE)?.exp()?;
+        let half = ((locus.narrow(1, 2, 2)? * 3f64.sqrt())? * scale)?;
+        let low = (&centre - &half)?.clamp(0f32, 1f32)?;
+        let high = (&centre + &half)?.clamp(0f32, 1f32)?;
+        let boxes = Tensor::cat(&[low, high], 1)?;
+        Ok((boxes, Region { pooled, locus }, log_weights))
     }
 }
 
+/// How far the ROI head may move the box's centre from the pooling's locus (image units).
+const CENTRE_SHIFT: f64 = 0.25;
+/// The ROI head scales the locus's half-sizes by a factor in `(e^-SIZE_RANGE, e^SIZE_RANGE)`.
+const SIZE_RANGE: f64 = 2.0;
+
+/// How many attention poolings read the text (each its own learned choice of words).
+pub const TEXT_POOLS: usize = 4;
+/// Width of the text-conditioned attention's queries and keys.
+pub const KEY_DIM: usize = 32;
+/// Frequencies of the position features ([`position_features`]).
+const POSITION_FREQUENCIES: [f64; 3] = [1.0, 2.0, 3.0];
+/// Width of [`position_features`]: sine and cosine per frequency per coordinate.
+pub const POSITION_FEATURES: usize = 4 * POSITION_FREQUENCIES.len();
+
+/// Fourier features of image positions `(..., 2)` in image units: `sin(pi k x)`, `cos(pi k x)`,
+/// then the same for `y`, for `k` in 1..=3, `(..., 12)`. A place in the image becomes a vector
+/// that a linear map can compare with a peaked template ("near the middle"), which `x` and `y`
+/// themselves cannot.
+pub fn position_features(xy: &Tensor) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(POSITION_FEATURES);
+    for axis in 0..2 {
+        let c = xy.narrow(D::Minus1, axis, 1)?;
+        for k in POSITION_FREQUENCIES {
+            let angle = (&c * (std::f64::consts::PI * k))?;
+            parts.push(angle.sin()?);
+            parts.push(angle.cos()?);
+        }
+    }
+    Tensor::cat(&parts, D::Minus1)
+}
+
+/// The match head: one logit for an (image, text) pair. It assumes nothing about what the text
+/// talks about; it compares what the text says with what the image shows:
+///
+/// - **the text**: [`TEXT_POOLS`] attention poolings over the text tokens' input embeddings
+///   (scaled to unit RMS), so each can settle on its own words ("upper" and "left", or "cyst").
+///   Input embeddings, not final states: every final state after the image can see the image,
+///   and a text representation read off those learned the image instead of the text (match
+///   scores constant, AUC 0.51; BENCHMARKS.md);
+/// - **the image**: the ROI pooling's content (what the located finding looks like) and where it
+///   lies (Fourier features of its locus), both detached so that verifying does not pull on
+///   where the ROI head looks; and a text-conditioned attention over the image tokens (queries
+///   from the text, keys from each token's state and position): what the image holds where, or
+///   what, the text points at, and where that is;
+/// - **the comparison**: the text's and the image's projections multiplied feature by feature (a
+///   low-rank bilinear score): whether a text fits an image is an interaction, and a sum of their
+///   features carries no first-order signal because every text and every image occur in true and
+///   mismatched pairs alike. Added to the seed's path (attention pooling over the whole pair's
+///   final states, `fc1`) before the ReLU and `fc2`.
+///
+/// The seed's head is the seed's path alone: imported seed heads get zero text and image
+/// projections, which leaves the seed's logit as it was (`infer::heads`).
 pub struct MatchHead {
     pub pool: AttentionPool,
     fc1: Linear,
-    locus: Linear,
-    /// Scales each hidden feature of the pair by `1 + film(locus)` (FiLM). Whether a text fits
-    /// the image is an interaction: the place a text names and the place the lesion lies are each
-    /// spread evenly over true and swapped pairs, so a sum of their features carries no
-    /// first-order signal and the head stays at chance; a product does. Starts at zero, where
-    /// the head is the plain sum.
-    film: Linear,
     fc2: Linear,
-    /// Pool the text tokens' input embeddings, one pooling per coordinate: what the text says,
-    /// with nothing of the image. A text names the row and the column in different words
-    /// ("upper left"); one shared pooling settled on the row words and read no column in 1,000
-    /// steps (match AUC 0.85, BENCHMARKS.md).
-    pub text_pool_x: AttentionPool,
-    pub text_pool_y: AttentionPool,
-    /// Where the text says the region should be, `x` and `y` each through a sigmoid. Besides
-    /// the match loss, the place loss teaches them directly: on true pairs with a box they are
-    /// that box's centre.
-    place_x: Linear,
-    place_y: Linear,
-    /// Weighs the squared miss between that place and the ROI head's box centre into the
-    /// logit. A text that names a place is right about an image when the region is there: this
-    /// is the comparison itself, not something the ReLU layer must discover. Starts at
-    /// [`AGREE_INIT`].
-    agree: Linear,
+    pub text_pools: Vec<AttentionPool>,
+    text: Linear,
+    query: Linear,
+    key: Linear,
+    image: Linear,
+}
+
+/// The ROI head's reading of an image that the match head compares a text with.
+pub struct Region {
+    /// The ROI pooling's pooled state `(batch, hidden)`.
+    pub pooled: Tensor,
+    /// Its locus `(batch, 4)` ([`locus`]).
+    pub locus: Tensor,
 }
 
 impl MatchHead {
     pub fn load(vb: VarBuilder, hidden: usize, c: &HeadsConfig) -> Result<Self> {
+        let text_pools = (0..TEXT_POOLS)
+            .map(|i| AttentionPool::load(vb.pp(format!("text_pool.{i}")), hidden, c.pool_hidden))
+            .collect::<Result<Vec<_>>>()?;
         Ok(MatchHead {
             pool: AttentionPool::load(vb.pp("pool"), hidden, c.pool_hidden)?,
             fc1: linear(&vb.pp("fc1"), c.match_hidden, hidden)?,
-            locus: linear_with(&vb.pp("locus"), c.match_hidden, 4, false)?,
-            film: constant_linear(&vb.pp("film"), c.match_hidden, 4, FILM_INIT)?,
             fc2: linear(&vb.pp("fc2"), 1, c.match_hidden)?,
-            text_pool_x: AttentionPool::load(vb.pp("text_pool_x"), hidden, c.pool_hidden)?,
-            text_pool_y: AttentionPool::load(vb.pp("text_pool_y"), hidden, c.pool_hidden)?,
-            place_x: linear(&vb.pp("place_x"), 1, hidden)?,
-            place_y: linear(&vb.pp("place_y"), 1, hidden)?,
-            agree: constant_linear(&vb.pp("agree"), 1, 2, AGREE_INIT)?,
+            text_pools,
+            text: linear_with(&vb.pp("text"), c.match_hidden, TEXT_POOLS * hidden, false)?,
+            query: linear_with(&vb.pp("query"), KEY_DIM, TEXT_POOLS * hidden, false)?,
+            key: linear_with(&vb.pp("key"), KEY_DIM, hidden + POSITION_FEATURES, false)?,
+            image: linear_with(
+                &vb.pp("image"),
+                c.match_hidden,
+                2 * (hidden + POSITION_FEATURES),
+                false,
+            )?,
         })
     }
 
-    /// One logit per row `(batch)` for the pair, pooled over the valid tokens (`valid`, 0/1),
-    /// and the place the text names `(batch, 2)`. `locus` is the ROI pooling's, `centre` the
-    /// centre of the ROI head's box (both detached here). The place is read off the input
-    /// embeddings `embeds` of the text tokens (the valid ones not in `image_mask`): every final
-    /// state of a causal model after the image can see the image, and a place read off those
-    /// learned where the image's region is and agreed with every image (match scores constant,
-    /// AUC 0.51). The embeddings are scaled to unit RMS first: at their own scale (a standard
-    /// deviation of 0.02 in a freshly initialised model) the pooling's scores stay flat and its
-    /// gradients tiny, and the place did not learn even when taught directly (BENCHMARKS.md).
+    /// One logit per row `(batch)`. `states` are the final states, `embeds` the input
+    /// embeddings, `valid` and `image_mask` 0/1 `(batch, seq)`, `coords` the image tokens'
+    /// positions ([`image_token_coords`]) and `region` the ROI head's reading (detached here).
+    /// A row without image tokens gets no image features (all zero).
     pub fn forward(
         &self,
         states: &Tensor,
         valid: &Tensor,
         image_mask: &Tensor,
         embeds: &Tensor,
-        locus: &Tensor,
-        centre: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+        coords: &Tensor,
+        region: &Region,
+    ) -> Result<Tensor> {
         let (pooled, _) = self.pool.forward(states, valid)?;
-        let (embeds, text) = (unit_rms(embeds)?, (valid - image_mask)?);
-        let (text_x, _) = self.text_pool_x.forward(&embeds, &text)?;
-        let (text_y, _) = self.text_pool_y.forward(&embeds, &text)?;
-        let locus = locus.detach();
-        let scale = (self.film.forward(&locus)? + 1.0)?;
-        let pre = ((self.fc1.forward(&pooled)? * scale)? + self.locus.forward(&locus)?)?;
-        let place = candle_nn::ops::sigmoid(&Tensor::cat(
+        // What the text says, from its tokens' input embeddings only.
+        let (embeds, text_mask) = (unit_rms(embeds)?, (valid - image_mask)?);
+        let text = Tensor::cat(
+            &self
+                .text_pools
+                .iter()
+                .map(|p| Ok(p.forward(&embeds, &text_mask)?.0))
+                .collect::<Result<Vec<_>>>()?,
+            1,
+        )?;
+        // Where the text points in the image: attention of a text query over the image tokens.
+        let tokens = unit_rms(states)?;
+        let keys = self.key.forward(&Tensor::cat(
+            &[&tokens, &position_features(coords)?],
+            D::Minus1,
+        )?)?;
+        let query = self.query.forward(&text)?;
+        let scores = (keys.matmul(&query.unsqueeze(2)?)?.squeeze(2)? / (KEY_DIM as f64).sqrt())?;
+        let weights = masked_softmax(&scores, image_mask)?;
+        let w = weights.unsqueeze(2)?;
+        let attended = w.broadcast_mul(&tokens)?.sum(1)?;
+        let attended_at = w.broadcast_mul(coords)?.sum(1)?;
+        // What the ROI head found and where, detached.
+        let found = unit_rms(&region.pooled.detach())?;
+        let found_at = region.locus.detach().narrow(1, 0, 2)?;
+        let image = Tensor::cat(
             &[
-                self.place_x.forward(&text_x)?,
-                self.place_y.forward(&text_y)?,
+                found,
+                position_features(&found_at)?,
+                attended,
+                position_features(&attended_at)?,
             ],
             1,
-        )?)?;
-        let miss = (&place - centre.detach())?.sqr()?;
-        let logits = (self.fc2.forward(&pre.relu()?)?.squeeze(1)?
-            + self.agree.forward(&miss)?.squeeze(1)?)?;
-        Ok((logits, place))
+        )?;
+        let pair = (self.text.forward(&text)? * self.image.forward(&image)?)?;
+        let pre = (self.fc1.forward(&pooled)? + pair)?;
+        self.fc2.forward(&pre.relu()?)?.squeeze(1)
     }
 }
 
+/// Softmax of `scores` `(batch, seq)` over the positions where `allowed` is 1; a row with no
+/// allowed position gets all-zero weights.
+fn masked_softmax(scores: &Tensor, allowed: &Tensor) -> Result<Tensor> {
+    let shifted = (scores + ((allowed - 1.0)? * 1e9)?)?;
+    let max = shifted.max_keepdim(1)?.detach();
+    let exp = (shifted.broadcast_sub(&max)?.exp()? * allowed)?;
+    exp.broadcast_div(&(exp.sum_keepdim(1)? + 1e-20)?)
+}
+
 /// Both heads on a batch's final `hidden` states and input `embeds`: the ROI boxes, the match
-/// logits and the places the texts name (training, evaluation and inference alike).
+/// logits and the ROI pooling's log weights (training, evaluation and inference alike).
 pub fn run_heads(
     roi: &RoiHead,
     matcher: &MatchHead,
@@ -340,16 +433,17 @@ pub fn run_heads(
     batch: &crate::train::data::Batch,
     plan: Option<&DropoutPlan>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (boxes, locus) = roi.forward(hidden, &batch.image_mask, &batch.coords, plan)?;
-    let (logits, place) = matcher.forward(
+    let (boxes, region, log_weights) =
+        roi.locate_with_focus(hidden, &batch.image_mask, &batch.coords, plan)?;
+    let logits = matcher.forward(
         hidden,
         &batch.valid,
         &batch.image_mask,
         embeds,
-        &locus,
-        &box_centre(&boxes)?,
+        &batch.coords,
+        &region,
     )?;
-    Ok((boxes, logits, place))
+    Ok((boxes, logits, log_weights))
 }
 
 /// `x / sqrt(mean(x^2) + 1e-6)` over the last dimension.
@@ -375,11 +469,24 @@ impl TaskWeights {
         })
     }
 
-    /// `sum_i 0.5 * exp(-s_i) * L_i + share * 0.5 * s_i` over the tasks in `losses` `(3)`, and
-    /// the weighted terms `(3)`. `share` is 1 for a whole batch; a replica holding a part of it
-    /// passes `1 / replicas`, so that the replicas' totals (and gradients) add up to the whole's.
-    pub fn combine(&self, losses: &Tensor, share: f64) -> Result<(Tensor, Tensor)> {
+    /// `sum_i present_i * (0.5 * exp(-s_i) * L_i + share * 0.5 * s_i)` over the tasks in
+    /// `losses` `(3)`, and the weighted terms `(3)`. A task with no sample in the whole batch
+    /// (`present_i` false: no box, no true pair, no match sample) contributes neither its loss
+    /// nor its `s_i` term, so its weight is not pushed down by a batch that says nothing about
+    /// it. `share` is 1 for a whole batch; a replica holding a part of it passes
+    /// `1 / replicas`, so that the replicas' totals (and gradients) add up to the whole's.
+    pub fn combine(
+        &self,
+        losses: &Tensor,
+        present: [bool; 3],
+        share: f64,
+    ) -> Result<(Tensor, Tensor)> {
+        let mask = Tensor::new(
+            &present.map(|p| if p { 1f32 } else { 0.0 }),
+            losses.device(),
+        )?;
         let terms = ((self.s.neg()?.exp()? * losses)? * 0.5)?.add(&(&self.s * (0.5 * share))?)?;
+        let terms = (terms * mask)?;
         Ok((terms.sum_all()?, terms))
     }
 }
@@ -456,6 +563,34 @@ mod tests {
         for (got, want) in l[0].iter().zip([0.5, 0.5, 0.25, 0.25]) {
             assert!((got - want).abs() < 1e-4, "{:?}", l[0]);
         }
+    }
+
+    /// A task absent from a batch adds nothing: its term is 0 and its `s` gets no gradient,
+    /// while the present tasks' terms are as before.
+    #[test]
+    fn an_absent_task_adds_neither_its_loss_nor_its_weight() {
+        let dev = Device::Cpu;
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &dev);
+        let task = TaskWeights::load(vb).unwrap();
+        let var = vars.all_vars().pop().unwrap();
+        var.set(&Tensor::new(&[0.5f32, -0.3, 0.2], &dev).unwrap())
+            .unwrap();
+        let losses = Tensor::new(&[1.5f32, 0.7, 2.0], &dev).unwrap();
+        let (total, terms) = task.combine(&losses, [false, true, true], 1.0).unwrap();
+        let t = terms.to_vec1::<f32>().unwrap();
+        assert_eq!(t[0], 0.0);
+        let expect = |s: f32, l: f32| 0.5 * (-s).exp() * l + 0.5 * s;
+        assert!((t[1] - expect(-0.3, 0.7)).abs() < 1e-6);
+        assert!((t[2] - expect(0.2, 2.0)).abs() < 1e-6);
+        let grads = total.backward().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(g[0], 0.0);
+        assert!(g[1].abs() > 1e-3 && g[2].abs() > 1e-3);
     }
 
     /// DESIGN 4.4: the seed's pooling softmax ran over padding. Masked positions get exactly

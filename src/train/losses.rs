@@ -8,10 +8,7 @@
 //!   sigmoids saturate there and the head stops learning (measured: BENCHMARKS.md, learning
 //!   proof);
 //! - match: sigmoid focal loss, with the samples that are missed diagnoses (a true pair scored
-//!   below 0.5) weighted up (the weight is a constant factor on a differentiable loss), plus the
-//!   place loss: the place the head reads off the text is taught the centre of the text's own
-//!   box on true pairs. Learned from the match loss alone (through the agreement term) the place
-//!   stayed at the image's middle and the match AUC at 0.63 (BENCHMARKS.md);
+//!   below 0.5) weighted up (the weight is a constant factor on a differentiable loss);
 //! - LM: cross-entropy on the chosen target tokens only, computed in chunks of rows so the
 //!   vocabulary-wide logits of a whole batch never exist at once, in training as in evaluation
 //!   (the backward computes each chunk's logits again).
@@ -51,6 +48,8 @@ pub struct RoiLossConfig {
     pub l1_weight: f64,
     /// Weight of `1 - GIoU`.
     pub giou_weight: f64,
+    /// Weight of the focus loss ([`focus_loss`]) within the ROI loss.
+    pub focus_weight: f64,
 }
 
 impl Default for RoiLossConfig {
@@ -59,6 +58,7 @@ impl Default for RoiLossConfig {
             beta: 0.1,
             l1_weight: 5.0,
             giou_weight: 2.0,
+            focus_weight: 1.0,
         }
     }
 }
@@ -94,21 +94,53 @@ pub fn roi_loss(
     (per * weight)?.sum_all()? / rows
 }
 
-/// Place loss: SmoothL1 (threshold `beta`, summed over x and y) between the place the match
-/// head reads off a text `(n, 2)` and the centre of the text's own box `target` `(n, 4)`, over
-/// the rows with `weight` 1 (true pairs with a box), divided by `rows` as the ROI loss is.
-pub fn place_loss(
-    place: &Tensor,
+/// Focus loss: the cross-entropy between the ROI pooling's weights (`log_weights` `(n, seq)`)
+/// and the image tokens whose centres (`coords` `(n, seq, 2)`, image units) lie inside the row's
+/// box `target` `(n, 4)` (evenly; the token nearest the box's centre when none does), summed over
+/// the rows with `weight` 1 and divided by `rows` as [`roi_loss`] is. `image_mask` `(n, seq)` is
+/// 1 at image tokens.
+///
+/// Every image token is told whether it is part of the finding, which teaches the pooling where
+/// to look far sooner than four box coordinates do; the box is read off the pooling
+/// (`heads::RoiHead::locate_with_focus`). It assumes nothing about what the finding is.
+pub fn focus_loss(
+    log_weights: &Tensor,
+    coords: &Tensor,
+    image_mask: &Tensor,
     target: &Tensor,
     weight: &Tensor,
-    beta: f64,
     rows: f64,
 ) -> Result<Tensor> {
-    let per = smooth_l1(place, &super::heads::box_centre(target)?, beta)?;
+    let targets = focus_targets(coords, image_mask, target)?;
+    let per = (targets * log_weights)?.sum(1)?.neg()?;
     if rows < 0.5 {
         return (per * 0.0)?.sum_all();
     }
     (per * weight)?.sum_all()? / rows
+}
+
+/// The focus loss's target distribution over tokens `(n, seq)` (see [`focus_loss`]).
+pub fn focus_targets(coords: &Tensor, image_mask: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (coords, image_mask, target) = (coords.detach(), image_mask.detach(), target.detach());
+    let x = coords.narrow(2, 0, 1)?.squeeze(2)?;
+    let y = coords.narrow(2, 1, 1)?.squeeze(2)?;
+    let edge = |i: usize| target.narrow(1, i, 1);
+    let dtype = x.dtype();
+    let inside = (x.broadcast_ge(&edge(0)?)?.to_dtype(dtype)?
+        * x.broadcast_le(&edge(2)?)?.to_dtype(dtype)?
+        * y.broadcast_ge(&edge(1)?)?.to_dtype(dtype)?
+        * y.broadcast_le(&edge(3)?)?.to_dtype(dtype)?
+        * &image_mask)?;
+    // The token nearest the box's centre, for boxes between token centres.
+    let cx = ((edge(0)? + edge(2)?)? * 0.5)?;
+    let cy = ((edge(1)? + edge(3)?)? * 0.5)?;
+    let dist = (x.broadcast_sub(&cx)?.sqr()? + y.broadcast_sub(&cy)?.sqr()?)?;
+    let dist = (dist + ((1.0 - &image_mask)? * 1e9)?)?;
+    let nearest = dist.broadcast_eq(&dist.min_keepdim(1)?)?.to_dtype(dtype)?;
+    let count = inside.sum_keepdim(1)?;
+    let has = count.gt(0.5)?.to_dtype(dtype)?;
+    let chosen = (inside.broadcast_mul(&has)? + nearest.broadcast_mul(&(1.0 - &has)?)?)?;
+    chosen.broadcast_div(&chosen.sum_keepdim(1)?.maximum(1e-12)?)
 }
 
 /// Settings of the match loss.
@@ -265,6 +297,33 @@ fn nll_gradient(x: &Tensor, head: &Tensor, tokens: &[u32], chunk: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The focus targets spread evenly over the image tokens inside the box; a box between token
+    /// centres gets the nearest token; text tokens never get any.
+    #[test]
+    fn focus_targets_are_the_tokens_in_the_box() {
+        let dev = Device::Cpu;
+        // One text token, then a 2x2 grid of image tokens.
+        let coords = Tensor::new(
+            &[[
+                [0f32, 0.0],
+                [0.25, 0.25],
+                [0.75, 0.25],
+                [0.25, 0.75],
+                [0.75, 0.75],
+            ]; 2],
+            &dev,
+        )
+        .unwrap();
+        let mask = Tensor::new(&[[0f32, 1.0, 1.0, 1.0, 1.0]; 2], &dev).unwrap();
+        let boxes = Tensor::new(&[[0.0f32, 0.0, 0.5, 1.0], [0.6, 0.6, 0.7, 0.7]], &dev).unwrap();
+        let t = focus_targets(&coords, &mask, &boxes)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(t[0], [0.0, 0.5, 0.0, 0.5, 0.0]);
+        assert_eq!(t[1], [0.0, 0.0, 0.0, 0.0, 1.0]);
+    }
 
     #[test]
     fn giou_is_one_for_equal_boxes_and_negative_for_far_apart_ones() {

@@ -23,6 +23,7 @@ pub mod heads;
 pub mod heap;
 pub mod lora;
 pub mod losses;
+pub mod meaning;
 pub mod memory;
 pub mod metrics;
 pub mod optim;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 use super::data::{self, Counts, Sample};
-use super::heads::{constant_init, run_heads, HeadsConfig, MatchHead, RoiHead, TaskWeights};
+use super::heads::{run_heads, HeadsConfig, MatchHead, RoiHead, TaskWeights};
 use super::lora::{self, LoraConfig, LoraSet};
 use super::losses::{self, FocalConfig, RoiLossConfig};
 use crate::model::dropout::{Dropout, DropoutPlan};
@@ -24,9 +24,11 @@ use crate::model::random::SplitMix;
 pub struct LossSettings {
     pub focal: FocalConfig,
     pub roi: RoiLossConfig,
-    /// Weight of the place loss within the match loss.
-    pub place_weight: f64,
     pub lm_chunk: usize,
+    /// Which tasks (roi, match, lm) train.
+    pub tasks: [bool; 3],
+    /// False: the task weights stay where they are (no gradient).
+    pub learn_task_weights: bool,
 }
 
 /// A replica's part of one batch.
@@ -120,8 +122,7 @@ pub struct Replica {
 }
 
 /// Overwrites every variable with seeded uniform values within `1 / sqrt(fan_in)` (zero for the
-/// task weights, their constant for those `heads::constant_init` names), in name order, so a
-/// seed fixes the heads' start.
+/// task weights), in name order, so a seed fixes the heads' start.
 fn seed_heads(vars: &VarMap, seed: u64) -> anyhow::Result<()> {
     let mut rng = SplitMix::new(seed);
     let data = vars.data().lock().expect("heads varmap");
@@ -132,10 +133,6 @@ fn seed_heads(vars: &VarMap, seed: u64) -> anyhow::Result<()> {
         let dims = var.dims().to_vec();
         if name.starts_with("task.") {
             var.set(&var.zeros_like()?)?;
-            continue;
-        }
-        if let Some(value) = constant_init(name) {
-            var.set(&(var.ones_like()? * value)?)?;
             continue;
         }
         let fan_in = if dims.len() == 2 { dims[1] } else { dims[0] };
@@ -323,7 +320,18 @@ impl Replica {
             settings,
         )?;
         let (hidden, boxes, logits, stacked) = (pass.hidden, pass.boxes, pass.logits, pass.losses);
-        let (total, terms) = self.task.combine(&stacked, shard.share)?;
+        let present = shard.counts.present();
+        let present = [0, 1, 2].map(|i| present[i] && settings.tasks[i]);
+        let task = if settings.learn_task_weights {
+            TaskWeights {
+                s: self.task.s.clone(),
+            }
+        } else {
+            TaskWeights {
+                s: self.task.s.detach(),
+            }
+        };
+        let (total, terms) = task.combine(&stacked, present, shard.share)?;
         let values: Vec<f32> = stacked.to_vec1()?;
         let grads = total.backward()?;
         let outputs = PassOutputs {
@@ -379,24 +387,24 @@ impl Replica {
         let out = self.model.forward(&batch.input, exec)?;
         let hidden = out.hidden.to_dtype(DType::F32)?;
         let embeds = self.model.token_embeddings(&batch.input)?;
-        let (boxes, logits, place) =
+        let (boxes, logits, log_weights) =
             run_heads(&self.roi, &self.matcher, &hidden, &embeds, batch, plan)?;
-        let l_roi = losses::roi_loss(
+        let focus = losses::focus_loss(
+            &log_weights,
+            &batch.coords,
+            &batch.image_mask,
+            &batch.roi_target,
+            &batch.roi_weight,
+            counts.roi_rows,
+        )?;
+        let l_roi = (losses::roi_loss(
             &boxes,
             &batch.roi_target,
             &batch.roi_weight,
             settings.roi,
             counts.roi_rows,
-        )?;
-        let l_match =
-            (losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?
-                + (losses::place_loss(
-                    &place,
-                    &batch.roi_target,
-                    &batch.roi_weight,
-                    settings.roi.beta,
-                    counts.roi_rows,
-                )? * settings.place_weight)?)?;
+        )? + (focus * settings.roi.focus_weight)?)?;
+        let l_match = losses::focal_loss(&logits, &batch.labels, settings.focal, counts.samples)?;
         let l_lm = losses::lm_loss(
             &hidden,
             self.model.lm_head(),
@@ -433,25 +441,33 @@ impl Replica {
 mod tests {
     use super::*;
 
-    /// Seeding the heads randomises them, but not the parameters that start at a constant: an
-    /// agreement weight overwritten with a small random value left the match head near chance.
+    /// Seeding the heads randomises them from the seed: the same seed gives the same start,
+    /// another seed another one, and the task weights start at 0.
     #[test]
-    fn seeding_keeps_the_constant_starts() {
-        let vars = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
-        MatchHead::load(vb.pp("match"), 8, &HeadsConfig::default()).unwrap();
-        seed_heads(&vars, 7).unwrap();
-        let named = sorted_vars(&vars);
-        let value = |name: &str| -> Vec<f32> {
-            let (_, v) = named.iter().find(|(n, _)| n == name).unwrap();
-            v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()
+    fn seeding_fixes_the_start() {
+        let values = |seed: u64| {
+            let vars = VarMap::new();
+            let vb = VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu);
+            MatchHead::load(vb.pp("match"), 8, &HeadsConfig::default()).unwrap();
+            TaskWeights::load(vb.pp("task")).unwrap();
+            seed_heads(&vars, seed).unwrap();
+            sorted_vars(&vars)
+                .iter()
+                .map(|(n, v)| {
+                    let t: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                    (n.clone(), t)
+                })
+                .collect::<Vec<_>>()
         };
-        assert!(value("match.agree.weight").iter().all(|&v| v == -36.0));
-        assert!(value("match.film.weight").iter().all(|&v| v == 0.0));
-        let fc1 = value("match.fc1.weight");
+        let (a, b, c) = (values(7), values(7), values(8));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let (_, task) = a.iter().find(|(n, _)| n == "task.log_vars").unwrap();
+        assert!(task.iter().all(|&v| v == 0.0));
+        let (_, text) = a.iter().find(|(n, _)| n == "match.text.weight").unwrap();
         assert!(
-            fc1.iter().any(|&v| v != fc1[0]),
-            "random layers are randomised"
+            text.iter().any(|&v| v != text[0]),
+            "random layers are random"
         );
     }
 }

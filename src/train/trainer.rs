@@ -64,13 +64,13 @@ pub struct TrainConfig {
     pub focal_alpha: f64,
     pub focal_gamma: f64,
     pub missed_diagnosis_weight: f64,
-    /// Weight of the place loss (the match head's reading of where a text puts the region,
-    /// against the text's own box) within the match loss.
-    pub place_loss_weight: f64,
     pub roi_smooth_l1_beta: f64,
     /// Weights of the ROI loss's SmoothL1 (summed over the coordinates) and `1 - GIoU`.
     pub roi_l1_weight: f64,
     pub roi_giou_weight: f64,
+    /// Weight of the focus loss (where the ROI pooling looks, against the tokens inside the box;
+    /// `losses::focus_loss`) within the ROI loss.
+    pub roi_focus_weight: f64,
     /// Rows of vocabulary-wide logits made at once for the LM loss.
     pub lm_chunk: usize,
     // Run safety (issue 21): checkpoints that bound what a crash, a signal or a full disk can
@@ -99,6 +99,14 @@ pub struct TrainConfig {
     /// forward pass and the layer is computed again in backward (about a third more compute,
     /// a fraction of the memory). Unset: on for models of 1B parameters or more.
     pub recompute: Option<bool>,
+    // Which tasks train and how they are weighted (issue 22: the ablation presets,
+    // [`TrainConfig::apply_preset`]).
+    /// Train the ROI head: its loss and its task weight count.
+    pub train_roi: bool,
+    /// Train the match head: its loss and its task weight count (negatives only serve it).
+    pub train_match: bool,
+    /// Learn the task weights `s_i`; false keeps every `s_i` at 0 (each loss weighted 0.5).
+    pub learn_task_weights: bool,
 }
 
 /// See [`TrainConfig::base_dtype`].
@@ -136,6 +144,20 @@ impl BaseDtype {
 /// Base models of this many parameters or more recompute activations unless told otherwise.
 const RECOMPUTE_FROM_PARAMETERS: usize = 1_000_000_000;
 
+/// The ablation presets (`roiscope train --preset`): name and what it trains.
+pub const PRESETS: [(&str, &str); 4] = [
+    ("sft", "the LM alone (plain SFT): no ROI or match loss, no negatives"),
+    ("sft-roi", "the LM and the ROI head: no match loss, no negatives"),
+    (
+        "multitask",
+        "the LM, the ROI head and the match head with negatives, learned task weights (the defaults)",
+    ),
+    (
+        "multitask-fixed",
+        "as multitask, with the task weights fixed at 0.5 each",
+    ),
+];
+
 impl Default for TrainConfig {
     fn default() -> Self {
         let lora = LoraConfig::default();
@@ -161,10 +183,10 @@ impl Default for TrainConfig {
             focal_alpha: focal.alpha,
             focal_gamma: focal.gamma,
             missed_diagnosis_weight: focal.missed_weight,
-            place_loss_weight: 1.0,
             roi_smooth_l1_beta: roi.beta,
             roi_l1_weight: roi.l1_weight,
             roi_giou_weight: roi.giou_weight,
+            roi_focus_weight: roi.focus_weight,
             lm_chunk: 128,
             checkpoint_every: 500,
             checkpoint_minutes: 30.0,
@@ -178,6 +200,9 @@ impl Default for TrainConfig {
             max_image_pixels: 1 << 20,
             base_dtype: BaseDtype::Auto,
             recompute: None,
+            train_roi: true,
+            train_match: true,
+            learn_task_weights: true,
         }
     }
 }
@@ -190,6 +215,27 @@ impl TrainConfig {
             .with_context(|| format!("{} is not a valid training config", path.display()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Sets the switches of ablation preset `name` ([`PRESETS`]); everything else stays.
+    pub fn apply_preset(&mut self, name: &str) -> anyhow::Result<()> {
+        let (roi, matcher, learn) = match name {
+            "sft" => (false, false, true),
+            "sft-roi" => (true, false, true),
+            "multitask" => (true, true, true),
+            "multitask-fixed" => (true, true, false),
+            other => anyhow::bail!(
+                "unknown preset {other:?}; the presets are {}",
+                PRESETS.map(|p| p.0).join(", ")
+            ),
+        };
+        self.train_roi = roi;
+        self.train_match = matcher;
+        self.learn_task_weights = learn;
+        if !matcher {
+            self.negative_ratio = 0.0;
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -214,12 +260,12 @@ impl TrainConfig {
             "roi_l1_weight and roi_giou_weight cannot be negative, and not both 0"
         );
         ensure!(
-            self.roi_smooth_l1_beta > 0.0,
-            "roi_smooth_l1_beta must be above 0"
+            self.roi_focus_weight >= 0.0 && self.roi_focus_weight.is_finite(),
+            "roi_focus_weight cannot be negative"
         );
         ensure!(
-            self.place_loss_weight >= 0.0,
-            "place_loss_weight cannot be negative"
+            self.roi_smooth_l1_beta > 0.0,
+            "roi_smooth_l1_beta must be above 0"
         );
         ensure!(
             self.checkpoint_minutes >= 0.0 && self.checkpoint_minutes.is_finite(),
@@ -256,9 +302,11 @@ impl TrainConfig {
                 beta: self.roi_smooth_l1_beta,
                 l1_weight: self.roi_l1_weight,
                 giou_weight: self.roi_giou_weight,
+                focus_weight: self.roi_focus_weight,
             },
-            place_weight: self.place_loss_weight,
             lm_chunk: self.lm_chunk,
+            tasks: [self.train_roi, self.train_match, true],
+            learn_task_weights: self.learn_task_weights,
         }
     }
 }
@@ -1262,7 +1310,6 @@ mod tests {
                 "roi_giou_weight",
             ),
             ("roi_smooth_l1_beta = 0.0\n", "roi_smooth_l1_beta"),
-            ("place_loss_weight = -1.0\n", "place_loss_weight"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = TrainConfig::from_toml_file(&path).unwrap_err();
@@ -1270,5 +1317,33 @@ mod tests {
         }
         std::fs::write(&path, "roi_l1_weight = 1.0\nroi_giou_weight = 0.0\n").unwrap();
         assert!(TrainConfig::from_toml_file(&path).is_ok());
+    }
+
+    /// The ablation presets switch the tasks and weights they name and nothing else; an unknown
+    /// one is refused with the list.
+    #[test]
+    fn presets_set_their_switches() {
+        let base = TrainConfig {
+            lr_heads: 2e-3,
+            ..TrainConfig::default()
+        };
+        let with = |name: &str| {
+            let mut c = base.clone();
+            c.apply_preset(name).unwrap();
+            c
+        };
+        let sft = with("sft");
+        assert!(!sft.train_roi && !sft.train_match && sft.negative_ratio == 0.0);
+        assert_eq!(sft.lr_heads, 2e-3);
+        let roi = with("sft-roi");
+        assert!(roi.train_roi && !roi.train_match && roi.negative_ratio == 0.0);
+        assert_eq!(with("multitask"), base);
+        let fixed = with("multitask-fixed");
+        assert!(!fixed.learn_task_weights && fixed.negative_ratio == base.negative_ratio);
+        let err = base.clone().apply_preset("lora").unwrap_err().to_string();
+        assert!(
+            err.contains("sft-roi") && err.contains("multitask-fixed"),
+            "{err}"
+        );
     }
 }

@@ -63,10 +63,10 @@ impl ValidationSet {
         let mut pairs = Vec::with_capacity(2 * n);
         for i in 0..n {
             pairs.push((i, i));
-            // The next record (cyclically) with another answer: a true negative.
+            // The next record (cyclically) whose diagnosis says something else: a true negative.
             if let Some(j) = (1..n)
                 .map(|k| (i + k) % n)
-                .find(|&j| examples[j].answer != examples[i].answer)
+                .find(|&j| examples[j].meaning != examples[i].meaning)
             {
                 pairs.push((i, j));
             }
