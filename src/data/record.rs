@@ -231,9 +231,12 @@ pub fn parse_source(value: Value, diagnosis_field: &str) -> Result<SourceRecord,
             _ => return Err(SkipReason::NoDiagnosisField(diagnosis_field.to_string())),
         },
     };
-    if let Some(q) = user_question(&record) {
-        check_training_text("question", q).map_err(SkipReason::UnfitText)?;
-    }
+    // The trainer lays every sample out as the record's question and its answer: a record
+    // without a question would be accepted here and then stop a training run.
+    let question = user_question(&record).ok_or(SkipReason::MissingField(
+        "user question (a user message's text)",
+    ))?;
+    check_training_text("question", question).map_err(SkipReason::UnfitText)?;
     check_training_text("diagnosis", &diagnosis).map_err(SkipReason::UnfitText)?;
     let key = record_key(&record);
     Ok(SourceRecord {
@@ -402,7 +405,7 @@ mod tests {
 
     #[test]
     fn plain_text_answer_is_the_diagnosis() {
-        let v = json!({"messages": [{"role": "assistant", "content": "normal study"}], "images": ["b.png"]});
+        let v = json!({"messages": [{"role": "user", "content": "<image>Findings?"}, {"role": "assistant", "content": "normal study"}], "images": ["b.png"]});
         let r = parse_source(v, DEFAULT_DIAGNOSIS_FIELD).unwrap();
         assert_eq!(r.diagnosis, "normal study");
         assert_eq!(stratum(&r.answer), "");
@@ -424,6 +427,11 @@ mod tests {
             (
                 json!({"images": ["a.jpg"], "roi_coords": [0.5, 0.1, 0.2, 0.9], "messages": [{"role": "assistant", "content": "x"}]}),
                 "invalid roi_coords",
+            ),
+            // No question: the trainer could not lay it out, so prepare refuses it.
+            (
+                json!({"images": ["a.jpg"], "messages": [{"role": "assistant", "content": "x"}]}),
+                "missing field",
             ),
         ];
         for (value, code) in cases {
