@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::data::image_io::{self, LoadOptions};
 use crate::infer::{box_to_px, Pipeline};
-use crate::train::data::Example;
+use crate::train::data::{mismatched_partner, Example};
 use metrics::{bleu4, exact_match, iou, mean, rates_at, roc_auc, roc_curve, rouge_l, Rates, Roc};
 
 /// A released diagnosis counts as correct when it equals the reference (categorical labels) or,
@@ -56,15 +56,6 @@ pub struct Case {
     pub correct: Option<bool>,
     pub seconds: f64,
     pub error: Option<String>,
-}
-
-/// The index of another example whose diagnosis says something else ([`Example::meaning`]; the
-/// next one round the list), if any.
-fn mismatched_partner(examples: &[Example], i: usize) -> Option<usize> {
-    let n = examples.len();
-    (1..n)
-        .map(|k| (i + k) % n)
-        .find(|&j| examples[j].meaning != examples[i].meaning)
 }
 
 /// Runs the pipeline on one example.

@@ -50,16 +50,17 @@ pub fn load_examples_with_meanings(
     project: &Project,
     split: Split,
 ) -> anyhow::Result<(Vec<Example>, Meanings)> {
+    // One pass over the project: every record's diagnosis and fields for the meanings, the
+    // split's records for the examples (their meaning is set once the rule is known).
     let mut all: Vec<(String, Option<serde_json::Map<String, serde_json::Value>>)> = Vec::new();
+    let mut out = Vec::new();
+    let mut of_example = Vec::new();
+    let mut problems = Vec::new();
     project.for_each_record(RecordFilter::All, |r| {
         all.push((r.diagnosis.clone(), r.fields.clone()));
-        Ok(())
-    })?;
-    let meanings = Meanings::detect(all.iter().map(|(d, f)| (d.as_str(), f.as_ref())));
-    drop(all);
-    let mut out = Vec::new();
-    let mut problems = Vec::new();
-    project.for_each_record(RecordFilter::Split(split), |r| {
+        if r.split != Some(split) {
+            return Ok(());
+        }
         let Some(q) = crate::data::record::user_question(&r.record).map(str::to_string) else {
             problems.push(format!("record {} has no user question", r.id));
             return Ok(());
@@ -72,10 +73,15 @@ pub fn load_examples_with_meanings(
             answer: r.diagnosis.clone(),
             roi,
             stratum: r.stratum.clone(),
-            meaning: meanings.key(&r.diagnosis, r.fields.as_ref()),
+            meaning: String::new(),
         });
+        of_example.push(all.len() - 1);
         Ok(())
     })?;
+    let meanings = Meanings::detect(all.iter().map(|(d, f)| (d.as_str(), f.as_ref())));
+    for (example, &i) in out.iter_mut().zip(&of_example) {
+        example.meaning = meanings.key(&all[i].0, all[i].1.as_ref());
+    }
     if !problems.is_empty() {
         bail!(
             "{} records cannot be trained on: {}",
@@ -84,6 +90,15 @@ pub fn load_examples_with_meanings(
         );
     }
     Ok((out, meanings))
+}
+
+/// The index of another example whose diagnosis says something else ([`Example::meaning`]; the
+/// next one round the list), if any: the mismatched pair of evaluation and validation.
+pub fn mismatched_partner(examples: &[Example], i: usize) -> Option<usize> {
+    let n = examples.len();
+    (1..n)
+        .map(|k| (i + k) % n)
+        .find(|&j| examples[j].meaning != examples[i].meaning)
 }
 
 /// One tokenised sample.

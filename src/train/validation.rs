@@ -4,7 +4,7 @@
 //! with its own image (a true pair) and with the image of a fixed other record whose answer
 //! differs (a negative), so that one validation compares with the next.
 
-use super::data::{build_sample, Example};
+use super::data::{build_sample, mismatched_partner, Example};
 use super::replica::{LossSettings, Replica};
 use crate::eval::metrics::{iou, roc_auc};
 use crate::model::processor::ImageProcessorConfig;
@@ -63,11 +63,7 @@ impl ValidationSet {
         let mut pairs = Vec::with_capacity(2 * n);
         for i in 0..n {
             pairs.push((i, i));
-            // The next record (cyclically) whose diagnosis says something else: a true negative.
-            if let Some(j) = (1..n)
-                .map(|k| (i + k) % n)
-                .find(|&j| examples[j].meaning != examples[i].meaning)
-            {
+            if let Some(j) = mismatched_partner(&examples, i) {
                 pairs.push((i, j));
             }
         }
