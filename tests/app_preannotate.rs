@@ -6,11 +6,15 @@
 //! `roiscope export` writes.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+#[path = "support/app.rs"]
+mod app_support;
 
 #[path = "support/pipeline.rs"]
 mod support;
 
+use app_support::step_until;
 use egui::Vec2;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
@@ -52,29 +56,6 @@ fn harness(project: &Path, model: &Path, run: &Path) -> Harness<'static, Workben
         .build_ui_state(|ui, wb: &mut Workbench| wb.ui(ui), wb);
     h.run_steps(3);
     h
-}
-
-/// Runs frames until `done` holds; the slowest frame.
-fn step_until(
-    h: &mut Harness<'static, Workbench>,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&Workbench) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    let mut slowest = Duration::ZERO;
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting for {what}: {:?}",
-            h.state().message
-        );
-        let t = Instant::now();
-        h.step();
-        slowest = slowest.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    slowest
 }
 
 fn count(project: &Path, sql: &str) -> i64 {

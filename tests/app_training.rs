@@ -5,6 +5,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "support/app.rs"]
+mod app_support;
+
+use app_support::step_until;
 use candle_core::DType;
 use egui::Vec2;
 use egui_kittest::kittest::{NodeT, Queryable};
@@ -35,28 +39,6 @@ fn harness(project: &Path, model: &Path) -> Harness<'static, Workbench> {
         .build_ui_state(|ui, wb: &mut Workbench| wb.ui(ui), wb);
     h.run_steps(2);
     h
-}
-
-fn step_until(
-    h: &mut Harness<'static, Workbench>,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&Workbench) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    let mut slowest = Duration::ZERO;
-    while !done(h.state()) {
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting for {what}; state {:?}",
-            h.state().training.state
-        );
-        let t = Instant::now();
-        h.step();
-        slowest = slowest.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    slowest
 }
 
 #[test]

@@ -5,6 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+#[path = "support/app.rs"]
+mod app_support;
+
+use app_support::step_until;
 use egui::accesskit::Role;
 use egui::{Key, Modifiers, Pos2, Vec2};
 use egui_kittest::kittest::Queryable;
@@ -30,19 +34,6 @@ fn harness(project: &Path) -> Harness<'static, Workbench> {
 }
 
 /// Runs frames until `done` holds (the decoder and trainer threads repaint on their own).
-fn step_until(
-    h: &mut Harness<'static, Workbench>,
-    what: &str,
-    limit: Duration,
-    done: impl Fn(&Workbench) -> bool,
-) {
-    let start = Instant::now();
-    while !done(h.state()) {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        h.step();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn select_where(
     h: &mut Harness<'static, Workbench>,
