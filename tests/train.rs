@@ -377,7 +377,8 @@ fn two_replicas_train_as_one() {
     // weights are about -36, where one f32 step is 3.8e-6), and 3e-6 rather than the issue's
     // 1e-6: since the text poolings learn (2026-12-06) their weights differ by up to 2.1e-6
     // after 4 steps, their gradients being small differences of terms weighted 36x, which the
-    // two replicas sum in another order.
+    // two replicas sum in another order. 5e-6 since the gemm kernels of an AVX2 CPU (AMD EPYC,
+    // 2026-12-08) round otherwise than AVX-512's: the ROI pooling's fc1 then differed by 3.006e-6.
     let mut worst = (0f32, String::new());
     for ((name, a), (other, b)) in one.iter().zip(&two) {
         assert_eq!(name, other);
@@ -388,7 +389,7 @@ fn two_replicas_train_as_one() {
             }
         }
     }
-    assert!(worst.0 <= 3e-6, "largest parameter difference {worst:?}");
+    assert!(worst.0 <= 5e-6, "largest parameter difference {worst:?}");
     // The parameters moved between step 1 and 4: the comparison is of a trained state.
     assert_ne!(params(&runs[0].join("checkpoint-1")), one);
 }

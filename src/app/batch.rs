@@ -101,7 +101,7 @@ impl Workbench {
         true
     }
 
-    fn error(&mut self, text: &str) {
+    pub(super) fn error(&mut self, text: &str) {
         self.message = Some((text.to_string(), true));
     }
 

@@ -106,6 +106,13 @@ pub enum Command {
     Export,
     /// Open a file with the desktop's application for it (the evaluation report).
     OpenFile(PathBuf),
+    /// Training tab: a new run on the project with the form's settings.
+    StartTraining,
+    /// Training tab: the run shown, continued from its latest checkpoint.
+    ContinueTraining,
+    PauseOrResumeTraining,
+    /// Stop at the next step boundary and save a checkpoint.
+    StopTraining,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,6 +491,23 @@ impl Workbench {
             Command::OneToOne => self.canvas.one_to_one(),
             Command::ToggleMarkerRemoved => self.settings.layers.marker_removed ^= true,
             Command::ToggleHelp => self.show_help ^= true,
+            Command::StartTraining | Command::ContinueTraining => {
+                let model = PathBuf::from(self.settings.model_folder.trim());
+                match &self.project {
+                    Some(p) if !model.as_os_str().is_empty() => {
+                        let dir = p.dir().to_path_buf();
+                        if c == Command::StartTraining {
+                            self.training.start(&dir, &model);
+                        } else {
+                            self.training.continue_run(&dir, &model);
+                        }
+                    }
+                    Some(_) => self.error("give a model folder first"),
+                    None => self.error("open a project first"),
+                }
+            }
+            Command::PauseOrResumeTraining => self.training.pause_or_resume(),
+            Command::StopTraining => self.training.stop(),
             Command::Preannotate
             | Command::ResumePreannotation(_)
             | Command::CancelPreannotation
@@ -518,7 +542,7 @@ impl Workbench {
         }
         self.images.poll(&ctx);
         self.training.poll();
-        self.training.guard_close(&ctx);
+        self.training.guard_close(&ctx, &mut self.commands);
         self.predict.poll();
         self.poll_opening(&ctx);
         self.poll_batch(&ctx);
@@ -555,6 +579,7 @@ impl Workbench {
                     project.as_deref(),
                     &mut self.settings.model_folder,
                     &mut self.settings.smoothing,
+                    &mut self.commands,
                 );
             }
             Tab::Batch => self.batch_ui(ui),

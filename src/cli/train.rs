@@ -4,20 +4,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::mpsc::TryRecvError;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::train::metrics::MetricsWriter;
-use crate::train::run_record::{extend_config, RunRecord};
-use crate::train::trainer::{
-    checkpoint_config, latest_checkpoint, load_inputs, load_val_examples, Control, Event,
-    TrainConfig, Trainer,
-};
+use crate::train::metrics::METRICS_FILE;
+use crate::train::run::{Options, Plan, TrainingRun};
+use crate::train::trainer::{latest_checkpoint, Control, Event, TrainConfig};
 
 pub const LONG_ABOUT: &str = "Fine-tune a Qwen3-VL model folder on a project's train split.\n\n\
     Trains LoRA adapters (the base model stays frozen), the ROI head, the match head and the \
@@ -105,49 +101,40 @@ fn signal_name(signal: i32) -> &'static str {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (mut trainer, run_dir) = match (&args.resume, &args.out) {
-        (Some(run), _) => (resume(run, &args)?, run.clone()),
-        (None, Some(out)) => (start(out, &args)?, out.clone()),
-        (None, None) => bail!("give --out for a new run or --resume for an old one"),
-    };
+    let plan = plan(&args)?;
+    let run_dir = plan.dir().to_path_buf();
     catch_signals();
-    let mut metrics = MetricsWriter::open(&run_dir)?;
-    let (events_tx, events_rx) = mpsc::channel();
-    let (control_tx, control_rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || trainer.run(&events_tx, &control_rx));
+    let run = TrainingRun::start(plan, Options::default(), || {});
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    // Turns the first signal into a stop, said once.
-    let ended = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (ended, bar) = (ended.clone(), bar.clone());
-        std::thread::spawn(move || {
-            while !ended.load(Ordering::SeqCst) {
-                if SIGNALS.load(Ordering::SeqCst) > 0 {
-                    say(
-                        &bar,
-                        format!(
-                            "{}: stopping at the next step boundary and saving a checkpoint \
-                         (Ctrl-C again quits at once, losing the steps since the last checkpoint)",
-                            signal_name(FIRST_SIGNAL.load(Ordering::SeqCst))
-                        ),
-                    );
-                    let _ = control_tx.send(Control::Stop);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let mut stop_sent = false;
     let mut last_checkpoint = None;
-    for event in events_rx {
-        if let Some(warning) = metrics.write(&event) {
-            say(&bar, format!("warning: {warning}"));
+    loop {
+        // The first signal becomes a stop, said once; events are looked for between signals.
+        if !stop_sent && SIGNALS.load(Ordering::SeqCst) > 0 {
+            stop_sent = true;
+            say(
+                &bar,
+                format!(
+                    "{}: stopping at the next step boundary and saving a checkpoint (Ctrl-C \
+                     again quits at once, losing the steps since the last checkpoint)",
+                    signal_name(FIRST_SIGNAL.load(Ordering::SeqCst))
+                ),
+            );
+            run.send(Control::Stop);
         }
+        let event = match run.try_event() {
+            Ok((_, event)) => event,
+            Err(TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
         match &event {
             Event::Started {
                 total_steps,
@@ -207,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 bar.finish_and_clear();
                 eprintln!(
                     "done after {step} steps; metrics in {}",
-                    metrics.path().display()
+                    run_dir.join(METRICS_FILE).display()
                 );
             }
             Event::Stopped { step } => {
@@ -236,88 +223,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             _ => {}
         }
     }
-    ended.store(true, Ordering::SeqCst);
-    let _ = watcher.join();
-    match worker.join() {
-        Ok(result) => result.map(|()| ExitCode::SUCCESS),
-        Err(_) => bail!("the training thread panicked"),
-    }
+    run.join().map(|()| ExitCode::SUCCESS)
 }
 
-/// A new run in `out`, recorded in `out/run.json`.
-fn start(out: &Path, args: &Args) -> anyhow::Result<Trainer> {
-    let (Some(project), Some(model)) = (&args.project, &args.model) else {
-        bail!("a new run needs --project and --model");
-    };
-    let mut config = match &args.config {
-        Some(path) => TrainConfig::from_toml_file(path)?,
-        None => TrainConfig::default(),
-    };
-    if let Some(n) = args.max_steps {
-        config.max_steps = n;
+/// The run the arguments ask for: a new one in --out, or --resume's continued.
+fn plan(args: &Args) -> anyhow::Result<Plan> {
+    match (&args.resume, &args.out) {
+        (Some(run), _) => Ok(Plan::Resume {
+            run: run.clone(),
+            project: args.project.clone(),
+            model: args.model.clone(),
+            devices: args.devices.clone(),
+            config: args.config.clone(),
+            max_steps: args.max_steps,
+        }),
+        (None, Some(out)) => {
+            let (Some(project), Some(model)) = (&args.project, &args.model) else {
+                bail!("a new run needs --project and --model");
+            };
+            let mut config = match &args.config {
+                Some(path) => TrainConfig::from_toml_file(path)?,
+                None => TrainConfig::default(),
+            };
+            if let Some(n) = args.max_steps {
+                config.max_steps = n;
+            }
+            if let Some(name) = &args.preset {
+                config.apply_preset(name)?;
+            }
+            config.validate()?;
+            Ok(Plan::New {
+                project: project.clone(),
+                model: model.clone(),
+                devices: args.devices.clone().unwrap_or_else(|| "cpu".into()),
+                config,
+                out: out.clone(),
+            })
+        }
+        (None, None) => bail!("give --out for a new run or --resume for an old one"),
     }
-    if let Some(name) = &args.preset {
-        config.apply_preset(name)?;
-    }
-    config.validate()?;
-    if out.exists()
-        && std::fs::read_dir(out)
-            .with_context(|| format!("cannot read {}", out.display()))?
-            .next()
-            .is_some()
-    {
-        bail!("{} is not empty; give a new run folder", out.display());
-    }
-    let devices = args.devices.as_deref().unwrap_or("cpu");
-    let (specs, examples, folder) = load_inputs(project, model, devices, config.base_dtype)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let val = load_val_examples(project)?;
-    RunRecord::new(project, model, devices, &config)?.write(out)?;
-    let mut trainer = Trainer::new(config, folder, examples, out, &specs)?;
-    trainer.set_validation(val);
-    Ok(trainer)
-}
-
-/// The run in `run` continued: its project, model folder and devices unless given, its
-/// settings extended by --config and --max-steps.
-fn resume(run: &Path, args: &Args) -> anyhow::Result<Trainer> {
-    let record = RunRecord::read(run)?;
-    let (project, model) = match (&args.project, &args.model, &record) {
-        (Some(p), Some(m), _) => (p.clone(), m.clone()),
-        (p, m, Some(r)) => (
-            p.clone().unwrap_or_else(|| r.project.clone()),
-            m.clone().unwrap_or_else(|| r.model.clone()),
-        ),
-        _ => bail!(
-            "{} has no run.json (it was started by an older roiscope); give --project and --model",
-            run.display()
-        ),
-    };
-    let devices = args
-        .devices
-        .clone()
-        .or_else(|| record.as_ref().map(|r| r.devices.clone()))
-        .unwrap_or_else(|| "cpu".into());
-    let config = if args.config.is_some() || args.max_steps.is_some() {
-        let ckpt = latest_checkpoint(run)?;
-        Some(extend_config(
-            &checkpoint_config(&ckpt)?,
-            args.config.as_deref(),
-            args.max_steps,
-        )?)
-    } else {
-        None
-    };
-    // The base weights' dtype is a setting of the run.
-    let base_dtype = match &config {
-        Some(c) => c.base_dtype,
-        None => checkpoint_config(&latest_checkpoint(run)?)?.base_dtype,
-    };
-    let (specs, examples, folder) = load_inputs(&project, &model, &devices, base_dtype)?;
-    let val = load_val_examples(&project)?;
-    let mut trainer = Trainer::resume_with(folder, examples, run, &specs, config)?;
-    trainer.set_validation(val);
-    Ok(trainer)
 }
 
 /// A line on stderr above the progress bar (plainly when the bar is hidden: not a terminal).

@@ -8,7 +8,11 @@
 //!   of a batch;
 //! - [`devices`]: `--devices`, and summing the replicas' gradients;
 //! - [`optim`]: AdamW with parameter groups, schedule, clipping, accumulation;
-//! - [`trainer`]: the loop, its events and controls;
+//! - [`config`]: a run's settings (`train.toml`) and the ablation presets;
+//! - [`events`]: what a run reports and what it obeys;
+//! - [`trainer`]: the loop;
+//! - [`run`]: one run as the command line and the window start it: its folder, record,
+//!   metrics file, thread and controls;
 //! - [`memory`]: whether a step fits, known before it runs;
 //! - [`checkpoint`]: checkpoint folders written durably, kept, and picked only when complete;
 //! - [`metrics`]: `metrics.jsonl`, written and read back as typed events;
@@ -17,8 +21,10 @@
 //! - [`heap`]: the allocator kept from unmapping and remapping a step's large buffers.
 
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod devices;
+pub mod events;
 pub mod heads;
 pub mod heap;
 pub mod lora;
@@ -28,6 +34,7 @@ pub mod memory;
 pub mod metrics;
 pub mod optim;
 pub mod replica;
+pub mod run;
 pub mod run_record;
 pub mod trainer;
 pub mod validation;
