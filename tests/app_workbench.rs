@@ -408,6 +408,41 @@ fn a_missing_project_is_a_message_not_a_crash() {
     assert!(h.state().project.is_some() && h.state().record.is_some());
 }
 
+/// The path fields of File > New project and File > Open project keep their width in a
+/// 1280 x 720 window: windows sized by their first frame had squeezed them to ~40 px (New
+/// project) and ~320 px (Open project, its wrapped note setting the width).
+#[test]
+fn dialog_path_fields_are_wide_at_1280_by_720() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = sample_project(tmp.path());
+    let mut wb = Workbench::new(Settings::default());
+    wb.open_project(&project);
+    wb.dialogs.service = Err("No file dialog on this system: type the path.".into());
+    wb.new_project.open = true;
+    let mut h = Harness::builder()
+        .with_size(Vec2::new(1280.0, 720.0))
+        .build_ui_state(|ui, wb: &mut Workbench| wb.ui(ui), wb);
+    h.run_steps(3);
+    for label in ["Records", "Images folder", "Project folder"] {
+        let w = h
+            .get_by_role_and_label(Role::TextInput, label)
+            .rect()
+            .width();
+        assert!(w >= 380.0, "New project: {label} is {w} px wide");
+    }
+    h.state_mut().new_project.open = false;
+    h.run_steps(1);
+    h.get_by_label("File").click();
+    h.run_steps(2);
+    h.get_by_label("Open project…").click();
+    h.run_steps(3);
+    let w = h
+        .get_by_role_and_label(Role::TextInput, "Path")
+        .rect()
+        .width();
+    assert!(w >= 400.0, "Open project: Path is {w} px wide");
+}
+
 #[test]
 fn a_new_project_is_prepared_in_the_background_and_opened() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,9 +3,11 @@
 //! means the same thing at every zoom; a drag shows a draft and becomes one store edit (one undo
 //! step) when the button is released.
 
+use std::sync::Arc;
+
 use egui::{
-    Align2, Color32, CursorIcon, FontId, PointerButton, Pos2, Rect, Sense, Stroke, StrokeKind,
-    TextureHandle, Ui, Vec2,
+    Align2, Color32, CursorIcon, FontId, Galley, PointerButton, Pos2, Rect, Sense, Stroke,
+    StrokeKind, TextureHandle, Ui, Vec2,
 };
 
 use super::images::{window_level, window_values, Decoded, Slot};
@@ -287,22 +289,19 @@ impl Canvas {
             }
         }
 
+        // Labels over every box's outline: a later box's side never crosses an earlier label.
+        for (at, galley, colour) in labels {
+            // A dark backing so a label stays readable over a bright image.
+            painter.rect_filled(at.expand(1.0), 2.0, Color32::from_black_alpha(140));
+            painter.galley(at.min, galley, colour);
+        }
+
         let committed = self.edit(ui, &response, editable, [w, h]);
         if let Some(pos) = response.hover_pos() {
             let p = self.to_image(pos);
-            painter.text(
-                rect.left_bottom() + Vec2::new(6.0, -6.0),
-                Align2::LEFT_BOTTOM,
-                format!(
-                    "x {:.0}  y {:.0}   zoom {:.0}%   drag: box · wheel: zoom · middle or \
-                     Space+drag: pan · right drag: window/level",
-                    p[0],
-                    p[1],
-                    self.zoom * ui.ctx().pixels_per_point() * 100.0
-                ),
-                FontId::monospace(12.0),
-                Color32::LIGHT_GRAY,
-            );
+            let zoom = self.zoom * ui.ctx().pixels_per_point() * 100.0;
+            let place = format!("x {:.0}  y {:.0}   zoom {zoom:.0}%", p[0], p[1]);
+            readout(&painter, rect, &place);
         }
         committed.map(|b| {
             [
@@ -535,7 +534,7 @@ impl Canvas {
     }
 
     /// Draws a box and its label above its top-left corner, or higher where that would overlap
-    /// a label already drawn (`labels`, which gets this one).
+    /// a label already placed (`labels`, which gets this one; the caller paints them last).
     fn draw_box(
         &self,
         painter: &egui::Painter,
@@ -543,7 +542,7 @@ impl Canvas {
         colour: Color32,
         label: &str,
         handles: bool,
-        labels: &mut Vec<Rect>,
+        labels: &mut Vec<(Rect, Arc<Galley>, Color32)>,
     ) {
         let r = Rect::from_min_max(self.to_screen([b[0], b[1]]), self.to_screen([b[2], b[3]]));
         painter.rect_stroke(r, 0.0, Stroke::new(2.0, colour), StrokeKind::Outside);
@@ -552,22 +551,40 @@ impl Canvas {
         let mut bottom_left = r.left_top() + Vec2::new(0.0, -3.0);
         for _ in 0..labels.len() {
             let at = Rect::from_min_size(bottom_left - Vec2::new(0.0, size.y), size);
-            match labels.iter().find(|l| l.expand(1.0).intersects(at)) {
+            match labels
+                .iter()
+                .map(|l| l.0)
+                .find(|l| l.expand(1.0).intersects(at))
+            {
                 Some(l) => bottom_left.y = l.top() - 1.0,
                 None => break,
             }
         }
         let at = Rect::from_min_size(bottom_left - Vec2::new(0.0, size.y), size);
-        // A dark backing so a label stays readable over a bright image.
-        painter.rect_filled(at.expand(1.0), 2.0, Color32::from_black_alpha(140));
-        painter.galley(at.min, galley, colour);
-        labels.push(at);
+        labels.push((at, galley, colour));
         if handles {
             for p in handle_points(r) {
                 painter.rect_filled(Rect::from_center_size(p, Vec2::splat(7.0)), 1.0, colour);
             }
         }
     }
+}
+
+/// The pointer's place and the canvas's mouse help on a dark backing at the canvas's bottom
+/// (boxes drawn under it stay readable); the help is left out where the line would be cut off.
+fn readout(painter: &egui::Painter, rect: Rect, place: &str) {
+    const HELP: &str =
+        "   drag: box · wheel: zoom · middle or Space+drag: pan · right drag: window/level";
+    let font = FontId::monospace(12.0);
+    let mut galley =
+        painter.layout_no_wrap(format!("{place}{HELP}"), font.clone(), Color32::LIGHT_GRAY);
+    if galley.size().x > rect.width() - 12.0 {
+        galley = painter.layout_no_wrap(place.to_string(), font, Color32::LIGHT_GRAY);
+    }
+    let at = rect.left_bottom() + Vec2::new(6.0, -6.0 - galley.size().y);
+    let back = Rect::from_min_size(at, galley.size()).expand(2.0);
+    painter.rect_filled(back, 2.0, Color32::from_black_alpha(160));
+    painter.galley(at, galley, Color32::LIGHT_GRAY);
 }
 
 /// The eight handle positions of a screen rectangle.

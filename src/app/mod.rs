@@ -711,12 +711,18 @@ impl Workbench {
         egui::Window::new("Open project")
             .open(&mut open)
             .collapsible(false)
+            // Wide enough for the 420 px path field: sized by its wrapped note, the window
+            // squeezed the field to ~320 px.
+            .min_width(480.0)
             .show(ctx, |ui| {
                 ui.label("Project folder (made by `roiscope prepare`):");
-                let label = ui.label("Path");
                 let r = ui
-                    .add(egui::TextEdit::singleline(&mut self.open_path).desired_width(420.0))
-                    .labelled_by(label.id)
+                    .horizontal(|ui| {
+                        let label = ui.label("Path");
+                        ui.add(egui::TextEdit::singleline(&mut self.open_path).desired_width(420.0))
+                            .labelled_by(label.id)
+                    })
+                    .inner
                     .on_hover_text("Type or paste the folder that holds roiscope.db");
                 if r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                     submit = true;
