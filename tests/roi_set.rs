@@ -93,30 +93,67 @@ fn robust_mode_finds_painted_boxes_and_nothing_else() {
     );
 }
 
+/// Bars for a text set: at least `min_images` (with, without a box), no box on a text-only
+/// image, at most `max_stray` images with a box that is not painted, and the primary box
+/// right on at least `min_accuracy` of the images with one.
+struct TextBars {
+    min_images: (usize, usize),
+    max_stray: usize,
+    min_accuracy: f64,
+}
+
+fn assert_text_set(name: &str, bars: TextBars) {
+    let dir = set_dir(name);
+    let s = score_robust(&dir, &load_truth(&dir));
+    let report = s.failures.join("\n");
+    assert!(s.with_box >= bars.min_images.0 && s.without_box >= bars.min_images.1);
+    assert_eq!(s.false_positives, 0, "boxes on text-only images:\n{report}");
+    assert!(
+        s.spurious <= bars.max_stray,
+        "{} images with a box that is not painted:\n{report}",
+        s.spurious
+    );
+    let accuracy = s.primary_correct as f64 / s.with_box as f64;
+    assert!(
+        accuracy >= bars.min_accuracy,
+        "primary box right on {:.2}% only:\n{report}",
+        100.0 * accuracy
+    );
+}
+
 /// The text set (`tests/fixtures/roi_text_set`, `make_roi_text_set.py`): letters, words and
 /// digits in several fonts, sizes, stroke widths and colours, beside, at the corners of and
 /// inside painted boxes. Letters must not be taken for boxes.
 #[test]
 fn robust_mode_takes_no_letter_for_a_box() {
-    let dir = set_dir("roi_text_set");
-    let s = score_robust(&dir, &load_truth(&dir));
-    let report = s.failures.join("\n");
-    assert!(s.with_box >= 50 && s.without_box >= 20);
-    assert_eq!(s.false_positives, 0, "boxes on text-only images:\n{report}");
-    // One image of 90 still has one, the bowl of a "b" drawn with a wide stroke, whose
-    // stem runs on one way only (BENCHMARKS.md).
-    assert!(
-        s.spurious <= 1,
-        "{} images with a box that is not painted:\n{report}",
-        s.spurious
+    // One image of 90 still has a stray box, the bowl of a "b" drawn with a wide stroke,
+    // whose stem runs on one way only; text touching a thin outline can still move a side
+    // (BENCHMARKS.md). The bars are what the detector reaches now, so that a regression fails.
+    assert_text_set(
+        "roi_text_set",
+        TextBars {
+            min_images: (50, 20),
+            max_stray: 1,
+            min_accuracy: 0.95,
+        },
     );
-    // Text touching a thin outline can still move a side (BENCHMARKS.md); the bar here is
-    // what the detector reaches now, so that a regression fails.
-    let accuracy = s.primary_correct as f64 / s.with_box as f64;
-    assert!(
-        accuracy >= 0.95,
-        "primary box right on {:.2}% only:\n{report}",
-        100.0 * accuracy
+}
+
+/// The glyph set (`tests/fixtures/roi_glyph_set`, `make_roi_glyph_set.py`): text drawn by
+/// other code and fonts than the text set (Liberation and FreeFont through Pillow, a 5x7
+/// dot-matrix font, OpenCV's italic faces), so that rules chosen on the text set are judged
+/// on glyphs they were not chosen on. One image of 60 has a glyph taken for a box (an
+/// italic Hershey "g"); the bars are what the detector reaches now (BENCHMARKS.md), not yet
+/// the 99% the issue asks.
+#[test]
+fn robust_mode_on_glyphs_of_another_generator() {
+    assert_text_set(
+        "roi_glyph_set",
+        TextBars {
+            min_images: (40, 15),
+            max_stray: 1,
+            min_accuracy: 0.97,
+        },
     );
 }
 

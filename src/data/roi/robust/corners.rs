@@ -6,6 +6,7 @@
 
 use super::super::PixelBox;
 use super::planes::Planes;
+use super::rectangles::SMALL_BOX;
 
 /// The four painted sides of an outline, placed to the pixel: rows `top` and `bottom`,
 /// columns `left` and `right`, each as `(first, last)` inclusive.
@@ -89,6 +90,12 @@ const UNEVEN_WIDTHS: u32 = 3;
 /// line is rare, and its sides are even.
 const SMALL_HOLLOW: u32 = 2;
 
+/// Within a small outline (under `SMALL_BOX`) opposite sides differing by this much were
+/// not drawn with one pen, whatever the hollow: the bowl of an "0" or "O" thickens and thins
+/// by 2 px or more at this size. JPEG's colour blur can widen a pen's sides by 2 px too, but
+/// the two of one direction alike, so only opposite sides are compared.
+const SMALL_UNEVEN: u32 = 2;
+
 /// A hollow narrower than this (pixels) and than the widest side is the gap between a word's
 /// tops and its baseline, or a letter's slit, not the inside of a drawn box.
 const SLIT: u32 = 6;
@@ -104,8 +111,14 @@ pub(super) fn one_pen(bands: &Bands) -> bool {
     let hollow_w = bands.right.0.saturating_sub(bands.left.1 + 1);
     let hollow_h = bands.bottom.0.saturating_sub(bands.top.1 + 1);
     let narrow = hollow_w.min(hollow_h);
-    (wide - thin < UNEVEN_WIDTHS || hollow_w.max(hollow_h) >= SMALL_HOLLOW * wide)
-        && (narrow >= SLIT || narrow >= wide)
+    let extent = (bands.right.1 + 1 - bands.left.0).max(bands.bottom.1 + 1 - bands.top.0);
+    let [t, r, b, l] = widths;
+    let even = if extent < SMALL_BOX {
+        t.abs_diff(b) < SMALL_UNEVEN && l.abs_diff(r) < SMALL_UNEVEN
+    } else {
+        wide - thin < UNEVEN_WIDTHS || hollow_w.max(hollow_h) >= SMALL_HOLLOW * wide
+    };
+    even && (narrow >= SLIT || narrow >= wide)
 }
 
 /// Whether the outline looks drawn: corners filled (see the module's account), no side

@@ -287,6 +287,33 @@ mod tests {
     }
 
     #[test]
+    fn a_small_bowl_of_uneven_strokes_is_not_a_box() {
+        // Square corners, but top and bottom 2 px apart in width: an "O" or "0" of a bold
+        // face at this size.
+        let mut img = grey(80, 60, 128);
+        shape(&mut img, [10, 10, 30, 34], [3, 5, 5, 5], 0);
+        assert!(detect(&img).is_empty(), "{:?}", detect(&img));
+        // A small box whose two directions differ (JPEG widens one) but whose opposite sides
+        // agree is drawn.
+        let mut img = grey(80, 60, 128);
+        shape(&mut img, [10, 10, 30, 34], [4, 6, 4, 6], 0);
+        assert_eq!(detect(&img).len(), 1);
+        // The bowl of a "b": sides 2 px uneven and its stem carrying the left side on up.
+        let mut img = grey(80, 60, 128);
+        shape(&mut img, [10, 20, 28, 40], [6, 4, 6, 5], 0);
+        for y in 5..20 {
+            for x in 10..15 {
+                img.put_pixel(x, y, image::Rgb([0, 255, 0]));
+            }
+        }
+        assert!(detect(&img).is_empty(), "{:?}", detect(&img));
+        // The same bowl without its stem is a (small, thick) box.
+        let mut img = grey(80, 60, 128);
+        shape(&mut img, [10, 20, 28, 40], [6, 4, 6, 5], 0);
+        assert_eq!(detect(&img).len(), 1);
+    }
+
+    #[test]
     fn a_label_touching_a_side_leaves_the_box_found() {
         let mut img = grey(160, 120, 70);
         outline(&mut img, 20, 30, 60, 70, 2);

@@ -33,7 +33,7 @@ const MAX_INTERIOR_GREEN: f32 = 0.2;
 
 /// Boxes smaller than this (outline included) must stand apart from other green marks on all
 /// but one side: a letter inside a word has neighbours left and right.
-const SMALL_BOX: u32 = 32;
+pub(super) const SMALL_BOX: u32 = 32;
 
 /// Four bars that close a rectangle: `top`/`bottom` horizontal, `left`/`right` vertical.
 #[derive(Debug, Clone, Copy)]
@@ -216,7 +216,7 @@ pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi>
     if bbox.width().max(bbox.height()) < SMALL_BOX && crowded_sides(planes, &bbox) >= 2 {
         return None;
     }
-    if !drawn_corners(planes, &bands) {
+    if !drawn_corners(planes, &bands) || stem_beside_bowl(&scored.candidate, &bbox, &bands) {
         return None;
     }
     Some(Roi {
@@ -224,6 +224,25 @@ pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi>
         confidence: Some(scored.coverage),
         line: Some(bands.widths()),
     })
+}
+
+/// A small outline of uneven sides (2 px or more) one of whose bars goes on past the box by
+/// more than `END_TOLERANCE`: the bowl of a "b", "d" or "B", whose stem or upper bowl carries
+/// a side past the corner. A pen's small box has even sides and a label set against it does
+/// not thicken them.
+fn stem_beside_bowl(c: &Candidate, bbox: &PixelBox, bands: &Bands) -> bool {
+    let widths = bands.widths();
+    let uneven = widths.iter().max().unwrap_or(&0) - widths.iter().min().unwrap_or(&0) >= 2;
+    let past = |bar: &Bar, lo: u32, hi: u32| {
+        bar.start + END_TOLERANCE < lo || bar.end > hi + END_TOLERANCE
+    };
+    let small = bbox.width().max(bbox.height()) < SMALL_BOX;
+    small
+        && uneven
+        && (past(&c.left, bbox.y0, bbox.y1 - 1)
+            || past(&c.right, bbox.y0, bbox.y1 - 1)
+            || past(&c.top, bbox.x0, bbox.x1 - 1)
+            || past(&c.bottom, bbox.x0, bbox.x1 - 1))
 }
 
 fn shrink(b: &PixelBox, by: u32) -> PixelBox {
