@@ -20,23 +20,7 @@ impl TrainingPanel {
     ) {
         ui.heading("Training");
         let busy = self.busy();
-        // The model folder (Browse, check, demo model) is the row above the tab: model_folder.rs.
-        ui.horizontal(|ui| {
-            let label = ui.label("Devices");
-            ui.add_enabled(!busy, egui::TextEdit::singleline(&mut self.devices).desired_width(120.0))
-                .labelled_by(label.id)
-                .on_hover_text("One replica per device: cpu, cuda:0, cuda:0,1 (data parallel); cpu,cpu runs two CPU replicas");
-            ui.label(RichText::new(format!("found: {}", devices_found())).small());
-        });
-        ui.horizontal(|ui| {
-            let label = ui.label("CPU threads");
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            ui.add_enabled(!busy, egui::DragValue::new(&mut self.threads).range(1..=cores))
-                .labelled_by(label.id)
-                .on_hover_text("Threads the trainer computes on; by default all cores but one, so the window stays responsive while a run trains");
-        });
-        ui.add_enabled_ui(!busy, |ui| config_ui(ui, &mut self.config));
-        ui.separator();
+        // Start, Pause, Stop and the status first: in reach without scrolling on a small screen.
         let why_not = crate::app::model_folder::why_not_start(busy, project, model_folder);
         ui.horizontal(|ui| {
             let can_start = why_not.is_none();
@@ -83,6 +67,23 @@ impl TrainingPanel {
             ),
         };
         ui.label(RichText::new(text).color(colour));
+        ui.separator();
+        // The model folder (Browse, check, demo model) is the row above the tab: model_folder.rs.
+        ui.horizontal(|ui| {
+            let label = ui.label("Devices");
+            ui.add_enabled(!busy, egui::TextEdit::singleline(&mut self.devices).desired_width(120.0))
+                .labelled_by(label.id)
+                .on_hover_text("One replica per device: cpu, cuda:0, cuda:0,1 (data parallel); cpu,cpu runs two CPU replicas");
+            ui.label(RichText::new(format!("found: {}", devices_found())).small());
+        });
+        ui.horizontal(|ui| {
+            let label = ui.label("CPU threads");
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            ui.add_enabled(!busy, egui::DragValue::new(&mut self.threads).range(1..=cores))
+                .labelled_by(label.id)
+                .on_hover_text("Threads the trainer computes on; by default all cores but one, so the window stays responsive while a run trains");
+        });
+        ui.add_enabled_ui(!busy, |ui| config_ui(ui, &mut self.config));
         ui.separator();
         ui.label(RichText::new("Runs").strong());
         if self.runs.is_empty() {
@@ -193,7 +194,7 @@ fn config_ui(ui: &mut Ui, c: &mut TrainConfig) {
         ui.label("LoRA targets").on_hover_text("Linear layers that get adapters, comma-separated");
         let mut targets = c.lora_targets.join(",");
         if ui
-            .add(egui::TextEdit::singleline(&mut targets).desired_width(160.0))
+            .add(egui::TextEdit::singleline(&mut targets).desired_width(210.0))
             .on_hover_text("Linear layers that get adapters, comma-separated (q_proj, v_proj, gate_proj, ...)")
             .changed()
         {

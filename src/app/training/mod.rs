@@ -15,7 +15,10 @@ mod plots;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often the runs list is read again from the project's `runs/`.
+const RELIST: Duration = Duration::from_secs(2);
 
 use egui::Ui;
 
@@ -77,6 +80,8 @@ pub struct TrainingPanel {
     close_sent: bool,
     /// The window's context (from the last frame), woken by the run's events.
     ctx: Option<egui::Context>,
+    /// When the runs list was last read.
+    runs_listed: Option<Instant>,
 }
 
 impl Default for TrainingPanel {
@@ -104,6 +109,7 @@ impl Default for TrainingPanel {
             closing: false,
             close_sent: false,
             ctx: None,
+            runs_listed: None,
         }
     }
 }
@@ -366,10 +372,14 @@ impl TrainingPanel {
     }
 
     pub fn refresh_runs(&mut self, project: &Path) {
-        if self.runs_of.as_deref() == Some(project) {
+        // Another process (`roiscope train`) may start a run at any time: listed again every
+        // RELIST while the tab is shown.
+        let fresh = self.runs_listed.is_some_and(|t| t.elapsed() < RELIST);
+        if self.runs_of.as_deref() == Some(project) && fresh {
             return;
         }
         self.runs_of = Some(project.to_path_buf());
+        self.runs_listed = Some(Instant::now());
         let mut runs: Vec<PathBuf> = std::fs::read_dir(project.join("runs"))
             .map(|d| {
                 d.flatten()
@@ -464,6 +474,7 @@ impl TrainingPanel {
         commands: &mut Vec<Command>,
     ) {
         self.ctx = Some(ui.ctx().clone());
+        ui.ctx().request_repaint_after(RELIST);
         self.poll();
         self.poll_loading();
         if let Some(p) = project {

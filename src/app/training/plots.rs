@@ -9,6 +9,14 @@ use super::{RunState, TrainingPanel};
 use crate::app::thin::thin;
 use crate::train::trainer::TASKS;
 
+/// One colour per task (roi, match, lm) in every plot, lines and markers alike, so a task is
+/// the same colour in the training and the validation curves.
+const TASK_COLOURS: [egui::Color32; 3] = [
+    egui::Color32::from_rgb(230, 95, 80),
+    egui::Color32::from_rgb(80, 145, 235),
+    egui::Color32::from_rgb(95, 190, 110),
+];
+
 impl TrainingPanel {
     pub(super) fn plots_ui(&mut self, ui: &mut Ui, smoothing: &mut f64) {
         let c = &self.curves;
@@ -77,7 +85,7 @@ impl TrainingPanel {
                     .on_hover_text("L_i for roi, match and lm");
                 note(&plot("raw", "loss").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
-                        p.line(Line::new(*t, series(&c.loss[i], s)));
+                        p.line(Line::new(*t, series(&c.loss[i], s)).color(TASK_COLOURS[i]));
                     }
                 }));
             });
@@ -86,10 +94,10 @@ impl TrainingPanel {
                     .on_hover_text("0.5 exp(-s_i) L_i + 0.5 s_i per task, and their sum");
                 plot("weighted", "term").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
-                        p.line(Line::new(
-                            format!("{t} weighted"),
-                            series(&c.weighted[i], s),
-                        ));
+                        p.line(
+                            Line::new(format!("{t} weighted"), series(&c.weighted[i], s))
+                                .color(TASK_COLOURS[i]),
+                        );
                     }
                     p.line(Line::new("total", series(&c.total, s)).width(2.5));
                 });
@@ -103,14 +111,20 @@ impl TrainingPanel {
                     );
                 plot("precision", "exp(-s)").show(ui, |p| {
                     for (i, t) in TASKS.iter().enumerate() {
-                        p.line(Line::new(format!("{t} weight"), series(&c.precision[i], s)));
+                        p.line(
+                            Line::new(format!("{t} weight"), series(&c.precision[i], s))
+                                .color(TASK_COLOURS[i]),
+                        );
                     }
                 });
             });
             ui.vertical(|ui| {
                 ui.label(RichText::new("Learning rate").strong())
                     .on_hover_text("LoRA and heads parameter groups (warmup, cosine)");
-                plot("lr", "lr").show(ui, |p| {
+                // Learning rates are 1e-5 to 1e-3: plain decimals would show "0.00".
+                let lr_plot =
+                    plot("lr", "lr").y_axis_formatter(|mark, _| format!("{:.1e}", mark.value));
+                lr_plot.show(ui, |p| {
                     p.line(Line::new("lr lora", series(&c.lr_lora, 0.0)));
                     p.line(Line::new("lr heads", series(&c.lr_heads, 0.0)));
                 });
@@ -134,8 +148,16 @@ impl TrainingPanel {
                     plot("val-loss", "val loss").show(ui, |p| {
                         for (i, t) in TASKS.iter().enumerate() {
                             let pts = points(&v.loss[i]);
-                            p.line(Line::new(format!("val {t}"), PlotPoints::from(pts.clone())));
-                            p.points(egui_plot::Points::new(format!("val {t}"), pts).radius(3.0));
+                            let colour = TASK_COLOURS[i];
+                            p.line(
+                                Line::new(format!("val {t}"), PlotPoints::from(pts.clone()))
+                                    .color(colour),
+                            );
+                            p.points(
+                                egui_plot::Points::new(format!("val {t}"), pts)
+                                    .radius(3.0)
+                                    .color(colour),
+                            );
                         }
                     });
                 });
@@ -145,12 +167,13 @@ impl TrainingPanel {
                             "On the val split; the best by best_metric keeps its checkpoint",
                         );
                     plot("val-metrics", "value").show(ui, |p| {
-                        for (name, ys) in
-                            [("ROI mean IoU", &v.roi_iou), ("match AUC", &v.match_auc)]
-                        {
+                        for (name, ys, colour) in [
+                            ("ROI mean IoU", &v.roi_iou, TASK_COLOURS[0]),
+                            ("match AUC", &v.match_auc, TASK_COLOURS[1]),
+                        ] {
                             let pts = points(ys);
-                            p.line(Line::new(name, PlotPoints::from(pts.clone())));
-                            p.points(egui_plot::Points::new(name, pts).radius(3.0));
+                            p.line(Line::new(name, PlotPoints::from(pts.clone())).color(colour));
+                            p.points(egui_plot::Points::new(name, pts).radius(3.0).color(colour));
                         }
                     });
                 });
