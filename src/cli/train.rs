@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
-use std::sync::mpsc::TryRecvError;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -127,13 +127,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             run.send(Control::Stop);
         }
-        let event = match run.try_event() {
-            Ok((_, event)) => event,
-            Err(TryRecvError::Empty) => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
-            Err(TryRecvError::Disconnected) => break,
+        let event = match run.next_event_within(Duration::from_millis(20)) {
+            Ok(event) => event,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
         };
         match &event {
             Event::Started {

@@ -5,10 +5,10 @@
 //! its controls. Callers only show the events and send [`Control`]s.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, RecvError, Sender, TryRecvError};
+use std::sync::mpsc::{channel, Receiver, RecvError, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
@@ -190,6 +190,11 @@ impl TrainingRun {
     /// The next event, waiting for it; an error once the run has ended and all were taken.
     pub fn next_event(&self) -> Result<Event, RecvError> {
         self.events.recv().map(|(_, e)| e)
+    }
+
+    /// The next event, waiting at most `limit` (a caller that also watches something else).
+    pub fn next_event_within(&self, limit: Duration) -> Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(limit).map(|(_, e)| e)
     }
 
     /// Waits for the run's thread: the run's own result (its failure was also an event).

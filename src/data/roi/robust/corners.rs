@@ -94,7 +94,7 @@ const SMALL_HOLLOW: u32 = 2;
 /// not drawn with one pen, whatever the hollow: the bowl of an "0" or "O" thickens and thins
 /// by 2 px or more at this size. JPEG's colour blur can widen a pen's sides by 2 px too, but
 /// the two of one direction alike, so only opposite sides are compared.
-const SMALL_UNEVEN: u32 = 2;
+pub(super) const SMALL_UNEVEN: u32 = 2;
 
 /// A hollow narrower than this (pixels) and than the widest side is the gap between a word's
 /// tops and its baseline, or a letter's slit, not the inside of a drawn box.

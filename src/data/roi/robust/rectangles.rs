@@ -3,7 +3,7 @@
 
 use super::super::{PixelBox, Roi};
 use super::bars::{Bar, END_TOLERANCE};
-use super::corners::{drawn_corners, Bands};
+use super::corners::{drawn_corners, Bands, SMALL_UNEVEN};
 use super::planes::Planes;
 use super::sides::{Side, SideView};
 
@@ -226,13 +226,14 @@ pub(super) fn refine_and_verify(planes: &Planes, scored: &Scored) -> Option<Roi>
     })
 }
 
-/// A small outline of uneven sides (2 px or more) one of whose bars goes on past the box by
+/// A small outline of uneven sides (`SMALL_UNEVEN` or more) one of whose bars goes on past the box by
 /// more than `END_TOLERANCE`: the bowl of a "b", "d" or "B", whose stem or upper bowl carries
 /// a side past the corner. A pen's small box has even sides and a label set against it does
 /// not thicken them.
 fn stem_beside_bowl(c: &Candidate, bbox: &PixelBox, bands: &Bands) -> bool {
     let widths = bands.widths();
-    let uneven = widths.iter().max().unwrap_or(&0) - widths.iter().min().unwrap_or(&0) >= 2;
+    let uneven =
+        widths.iter().max().unwrap_or(&0) - widths.iter().min().unwrap_or(&0) >= SMALL_UNEVEN;
     let past = |bar: &Bar, lo: u32, hi: u32| {
         bar.start + END_TOLERANCE < lo || bar.end > hi + END_TOLERANCE
     };
